@@ -1,0 +1,98 @@
+"""The wire codec and WorkerOptions validation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from livekit.protocol import agent as agent_pb
+
+from trio_lkagent import ConfigurationError, JobType, ReconnectPolicy, WireFormat, WorkerOptions
+from trio_lkagent._exceptions import ProtocolError
+from trio_lkagent._protocol import decode, encode
+
+text = st.text(max_size=20)
+
+
+@st.composite
+def server_messages(draw: st.DrawFn) -> agent_pb.ServerMessage:
+    job = agent_pb.Job(
+        id=draw(text),
+        type=draw(st.sampled_from([agent_pb.JT_ROOM, agent_pb.JT_PUBLISHER])),
+        metadata=draw(text),
+    )
+    job.room.name = draw(text)
+    job.attributes.update(draw(st.dictionaries(text, text, max_size=3)))
+    kind = draw(st.sampled_from(["availability", "assignment", "termination", "pong"]))
+    if kind == "availability":
+        return agent_pb.ServerMessage(availability=agent_pb.AvailabilityRequest(job=job))
+    if kind == "assignment":
+        return agent_pb.ServerMessage(assignment=agent_pb.JobAssignment(job=job, token=draw(text)))
+    if kind == "termination":
+        return agent_pb.ServerMessage(termination=agent_pb.JobTermination(job_id=job.id))
+    ts = draw(st.integers(0, 2**62))
+    return agent_pb.ServerMessage(pong=agent_pb.WorkerPong(last_timestamp=ts, timestamp=ts))
+
+
+@given(server_messages(), st.sampled_from(list(WireFormat)))
+def test_codec_round_trips(message: agent_pb.ServerMessage, fmt: WireFormat) -> None:
+    data = encode(message, fmt)
+    assert isinstance(data, bytes if fmt is WireFormat.PROTOBUF else str)
+    decoded, seen = decode(data, agent_pb.ServerMessage)
+    assert decoded == message
+    assert seen is fmt
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xff\xff", b"\x0a\x05abc", "not json", '{"unknown_field": 1}', "[1, 2]"],
+)
+def test_malformed_frames_raise_protocol_error(data: bytes | str) -> None:
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode(data, agent_pb.ServerMessage)
+
+
+def test_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_URL", "https://lk.example.com")
+    monkeypatch.setenv("LIVEKIT_API_KEY", "k")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "s")
+    opts = WorkerOptions(agent_name="x", job_type=JobType.PUBLISHER)
+    assert (opts.url, opts.api_key, opts.api_secret) == ("https://lk.example.com", "k", "s")
+    assert opts.agent_ws_url == "wss://lk.example.com/agent?protocol=1"
+    assert "s" not in repr(opts).split("api_key")[1].split(",")[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"url": ""}, "LIVEKIT_URL"),
+        ({"url": "ftp://x"}, "url must look like"),
+        ({"api_key": ""}, "LIVEKIT_API_KEY"),
+        ({"api_secret": ""}, "LIVEKIT_API_SECRET"),
+        ({"max_jobs": 0}, "max_jobs"),
+        ({"load_threshold": -1}, "load_threshold"),
+        ({"ping_interval": 0}, "ping_interval"),
+        ({"ping_interval": 10, "ping_timeout": 5}, "ping_timeout"),
+        ({"wire_format": "json"}, "wire_format"),
+    ],
+)
+def test_bad_options_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, object], message: str
+) -> None:
+    for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    base: dict[str, object] = {"url": "ws://127.0.0.1:7880", "api_key": "k", "api_secret": "s"}
+    base.update(kwargs)
+    with pytest.raises(ConfigurationError, match=message):
+        WorkerOptions(**base)  # type: ignore[arg-type]
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    policy = ReconnectPolicy(initial_delay=1, max_delay=10, multiplier=2, jitter=0.1)
+    rng = random.Random(1)
+    delays = [policy.delay(n, rng) for n in range(1, 8)]
+    for got, base in zip(delays, [1, 2, 4, 8, 10, 10, 10], strict=True):
+        assert base * 0.9 <= got <= base * 1.1
+    assert len({round(d, 6) for d in delays[4:]}) == 3  # jittered, not lock step

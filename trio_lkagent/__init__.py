@@ -1,0 +1,31 @@
+"""trio-lkagent: a Trio-native, structured-concurrency SDK for LiveKit agents.
+
+The whole public surface is re-exported here::
+
+    import trio
+    from trio_lkagent import JobContext, Worker, WorkerOptions
+
+    async def entrypoint(ctx: JobContext) -> None: ...
+
+    trio.run(Worker(entrypoint, WorkerOptions(agent_name="x")).serve)
+
+The local LiveKit server lives in :mod:`trio_lkagent.devserver`.
+"""
+
+from ._exceptions import AuthenticationError as AuthenticationError
+from ._exceptions import ConfigurationError as ConfigurationError
+from ._exceptions import ConnectError as ConnectError
+from ._exceptions import LKAgentError as LKAgentError
+from ._exceptions import ProtocolError as ProtocolError
+from ._job import AcceptInfo as AcceptInfo
+from ._job import JobContext as JobContext
+from ._job import JobRequest as JobRequest
+from ._options import JobType as JobType
+from ._options import Permissions as Permissions
+from ._options import ReconnectPolicy as ReconnectPolicy
+from ._options import WorkerOptions as WorkerOptions
+from ._protocol import WireFormat as WireFormat
+from ._worker import Worker as Worker
+from ._worker import WorkerStatistics as WorkerStatistics
+
+__version__ = "0.1.0"

@@ -1,0 +1,250 @@
+"""What user code sees of a job: :class:`JobRequest` (before) and :class:`JobContext` (during)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, TypeAlias
+
+import attrs
+import trio
+from livekit.protocol import agent as agent_pb
+
+from ._options import JobType
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["AcceptInfo", "JobContext", "JobRequest", "ShutdownCallback"]
+
+logger = logging.getLogger("trio_lkagent.job")
+
+#: ``async def cb(reason: str) -> None`` or ``async def cb() -> None``.
+ShutdownCallback: TypeAlias = Callable[[str], Awaitable[None]] | Callable[[], Awaitable[None]]
+
+
+@attrs.frozen
+class AcceptInfo:
+    """Who the agent will be in the room, as chosen when accepting the job."""
+
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: Mapping[str, str] = attrs.field(factory=dict)
+
+
+class JobRequest:
+    """An offer of a job from the server, handed to the worker's ``request_handler``.
+
+    The handler answers exactly once with :meth:`accept` or :meth:`reject`. A
+    handler that returns without answering, raises, or takes longer than
+    ``WorkerOptions.request_timeout`` rejects the job (the server then offers it
+    to another worker).
+    """
+
+    def __init__(self, job: agent_pb.Job, worker: Worker) -> None:
+        self._job = job
+        self._worker = worker
+        self._answered = False
+
+    @property
+    def job(self) -> agent_pb.Job:
+        """The protocol ``Job`` (id, type, room, participant, metadata, ...)."""
+        return self._job
+
+    @property
+    def job_id(self) -> str:
+        """The job's id (``AJ_...``)."""
+        return self._job.id
+
+    @property
+    def room_name(self) -> str:
+        """Name of the room the job is for."""
+        return self._job.room.name
+
+    @property
+    def job_type(self) -> JobType:
+        """ROOM, PUBLISHER or PARTICIPANT."""
+        return JobType(self._job.type)
+
+    @property
+    def answered(self) -> bool:
+        """True once :meth:`accept` or :meth:`reject` was called."""
+        return self._answered
+
+    async def accept(
+        self,
+        *,
+        identity: str = "",
+        name: str = "",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        """Take the job. The server answers with an assignment and the entrypoint runs.
+
+        Args:
+            identity: The agent participant's identity in the room
+                (default ``agent-<job id>``).
+            name: Display name.
+            metadata: Participant metadata.
+            attributes: Participant attributes.
+
+        Raises:
+            RuntimeError: the request was answered already.
+        """
+        self._claim()
+        info = AcceptInfo(
+            identity=identity or f"agent-{self._job.id}",
+            name=name,
+            metadata=metadata,
+            attributes=dict(attributes or {}),
+        )
+        await self._worker._answer(self._job, info)
+
+    async def reject(self, *, terminate: bool = False) -> None:
+        """Decline the job.
+
+        Args:
+            terminate: If true, ask the server to end the job (as successful)
+                instead of offering it to another worker.
+
+        Raises:
+            RuntimeError: the request was answered already.
+        """
+        self._claim()
+        await self._worker._answer(self._job, None, terminate=terminate)
+
+    def _claim(self) -> None:
+        if self._answered:
+            raise RuntimeError(f"job request {self._job.id} was already answered")
+        self._answered = True
+
+
+class JobContext:
+    """Everything a job's entrypoint needs: the job, where to connect, how to stop.
+
+    The entrypoint runs inside the job's own cancel scope: a termination from the
+    server, :meth:`shutdown`, draining or the worker stopping cancels it. Cleanup
+    belongs in ``try/finally`` or ``async with`` blocks of the entrypoint; the
+    :meth:`add_shutdown_callback` list exists for code ported from other SDKs.
+    """
+
+    def __init__(
+        self,
+        *,
+        job: agent_pb.Job,
+        url: str,
+        token: str,
+        worker_id: str,
+        accept: AcceptInfo,
+    ) -> None:
+        self._job = job
+        self._url = url
+        self._token = token
+        self._worker_id = worker_id
+        self._accept = accept
+        self._cancel_scope = trio.CancelScope()
+        self._shutdown_reason: str | None = None
+        self._callbacks: list[ShutdownCallback] = []
+
+    @property
+    def job(self) -> agent_pb.Job:
+        """The protocol ``Job`` as assigned."""
+        return self._job
+
+    @property
+    def job_id(self) -> str:
+        """The job's id."""
+        return self._job.id
+
+    @property
+    def job_type(self) -> JobType:
+        """ROOM, PUBLISHER or PARTICIPANT."""
+        return JobType(self._job.type)
+
+    @property
+    def room_name(self) -> str:
+        """Name of the room to join."""
+        return self._job.room.name
+
+    @property
+    def url(self) -> str:
+        """The LiveKit URL to join the room at."""
+        return self._url
+
+    @property
+    def token(self) -> str:
+        """The room join token the server issued for the agent participant."""
+        return self._token
+
+    @property
+    def worker_id(self) -> str:
+        """Id of the worker running the job (``AW_...``)."""
+        return self._worker_id
+
+    @property
+    def identity(self) -> str:
+        """The agent participant's identity (as accepted)."""
+        return self._accept.identity
+
+    @property
+    def accept_info(self) -> AcceptInfo:
+        """Identity, name, metadata and attributes chosen when accepting."""
+        return self._accept
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        """Why the job is stopping, once it is; None while it runs normally."""
+        return self._shutdown_reason
+
+    @property
+    def cancel_scope(self) -> trio.CancelScope:
+        """The job's cancel scope: cancelling it ends the job (as :meth:`shutdown` does)."""
+        return self._cancel_scope
+
+    def shutdown(self, reason: str = "") -> None:
+        """End the job: cancel its scope. The job is reported as successful.
+
+        Safe to call several times and from any task of the trio run; the first
+        reason is kept.
+        """
+        if self._shutdown_reason is None:
+            self._shutdown_reason = reason or "shutdown requested"
+        self._cancel_scope.cancel()
+
+    def add_shutdown_callback(self, callback: ShutdownCallback) -> None:
+        """Run ``await callback(reason)`` (or ``callback()``) after the entrypoint ends.
+
+        Callbacks run in the order added, under a shield bounded by
+        ``WorkerOptions.shutdown_grace``, before the final status is reported.
+        A callback that raises is logged and does not change the job's status.
+        """
+        self._callbacks.append(callback)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep; returns early with :class:`trio.Cancelled` when the job is ended.
+
+        The seeds' ``JobContext.Sleep``: in Trio every sleep is cancellable, so
+        this is ``trio.sleep``, kept for code ported from them.
+        """
+        await trio.sleep(seconds)
+
+    async def _run_shutdown_callbacks(self, grace: float) -> None:
+        if not self._callbacks:
+            return
+        reason = self._shutdown_reason or "job ended"
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + grace
+            for callback in self._callbacks:
+                try:
+                    if len(inspect.signature(callback).parameters) >= 1:
+                        await callback(reason)  # type: ignore[call-arg]
+                    else:
+                        await callback()  # type: ignore[call-arg]
+                except Exception:
+                    logger.exception("shutdown callback %r of job %s failed", callback, self.job_id)
+        if scope.cancelled_caught:
+            logger.warning(
+                "shutdown callbacks of job %s did not finish within %.1f s", self.job_id, grace
+            )

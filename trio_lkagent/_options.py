@@ -1,0 +1,238 @@
+"""Worker configuration: :class:`WorkerOptions` and the small types it is built from."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import random
+import urllib.parse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+from livekit.protocol import agent as agent_pb
+from livekit.protocol import models as models_pb
+
+from ._exceptions import ConfigurationError
+from ._protocol import WireFormat
+
+if TYPE_CHECKING:
+    from ._worker import WorkerStatistics
+
+__all__ = [
+    "JobType",
+    "LoadFn",
+    "Permissions",
+    "ReconnectPolicy",
+    "WorkerOptions",
+]
+
+
+class JobType(enum.IntEnum):
+    """Which server events dispatch a job to this worker.
+
+    The values are the protocol's ``JobType`` numbers, so ``JobType(job.type)``
+    converts a protocol job's type.
+    """
+
+    #: One job per room, when the room is created (or dispatched explicitly).
+    ROOM = agent_pb.JT_ROOM
+    #: One job per participant that starts publishing.
+    PUBLISHER = agent_pb.JT_PUBLISHER
+    #: One job per participant that joins.
+    PARTICIPANT = agent_pb.JT_PARTICIPANT
+
+
+#: A user load function: gets the worker's statistics, returns a load in [0, 1].
+LoadFn = Callable[["WorkerStatistics"], float]
+
+
+@attrs.frozen
+class Permissions:
+    """What the agent participant may do in the rooms it joins.
+
+    Sent to the server at registration; the server writes them into each job's
+    room token.
+    """
+
+    can_publish: bool = True
+    can_subscribe: bool = True
+    can_publish_data: bool = True
+    can_update_metadata: bool = True
+    #: Hidden participants are invisible to the others in the room.
+    hidden: bool = False
+
+    def to_proto(self) -> models_pb.ParticipantPermission:
+        """The protocol message sent in ``RegisterWorkerRequest.allowed_permissions``."""
+        return models_pb.ParticipantPermission(
+            can_publish=self.can_publish,
+            can_subscribe=self.can_subscribe,
+            can_publish_data=self.can_publish_data,
+            can_update_metadata=self.can_update_metadata,
+            hidden=self.hidden,
+            agent=True,
+        )
+
+
+def _positive(name: str) -> Callable[[object, attrs.Attribute[float], float], None]:
+    def check(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class ReconnectPolicy:
+    """How the worker reconnects after losing the server.
+
+    Delays grow exponentially from ``initial_delay`` by ``multiplier`` up to
+    ``max_delay``, each spread by up to ``jitter`` (a fraction) either way so a
+    fleet of workers does not reconnect in lock step. The attempt counter goes back
+    to zero only after a connection stayed registered for ``stable_after``
+    seconds: a server that accepts and then drops every connection meets the
+    growing delays, never a tight loop.
+    """
+
+    initial_delay: float = attrs.field(default=0.5, validator=_positive("initial_delay"))
+    max_delay: float = attrs.field(default=30.0, validator=_positive("max_delay"))
+    multiplier: float = attrs.field(default=2.0)
+    jitter: float = attrs.field(default=0.2)
+    #: Give up (``serve`` raises :class:`ConnectError`) after this many failed
+    #: attempts in a row; ``None`` retries forever.
+    max_attempts: int | None = None
+    stable_after: float = attrs.field(default=30.0, validator=_positive("stable_after"))
+
+    def __attrs_post_init__(self) -> None:
+        if self.multiplier < 1:
+            raise ConfigurationError(f"multiplier must be >= 1, got {self.multiplier!r}")
+        if not 0 <= self.jitter < 1:
+            raise ConfigurationError(f"jitter must be in [0, 1), got {self.jitter!r}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigurationError(f"max_attempts must be >= 1 or None, got {self.max_attempts}")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before reconnect attempt number *attempt* (1-based)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1 + spread))
+
+
+def _env(name: str) -> Callable[[], str]:
+    return lambda: os.environ.get(name, "")
+
+
+def _url_check(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
+    if not value:
+        raise ConfigurationError(
+            "no server URL: pass WorkerOptions(url=...) or set LIVEKIT_URL"
+            " (for example ws://127.0.0.1:7880)"
+        )
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"url must look like ws[s]://host[:port] or http[s]://host[:port], got {value!r}"
+        )
+
+
+def _required(what: str, env: str) -> Callable[[object, attrs.Attribute[str], str], None]:
+    def check(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
+        if not value:
+            raise ConfigurationError(
+                f"no {what}: pass WorkerOptions({_attr.name}=...) or set {env}"
+            )
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class WorkerOptions:
+    """Everything a :class:`~trio_lkagent.Worker` needs to know, validated up front.
+
+    ``url``, ``api_key`` and ``api_secret`` default to the ``LIVEKIT_URL``,
+    ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` environment variables, read
+    when the options are built. Missing or invalid values raise
+    :class:`~trio_lkagent.ConfigurationError` naming the setting, here rather than
+    as a traceback at connect time.
+
+    Times are in seconds.
+    """
+
+    url: str = attrs.field(factory=_env("LIVEKIT_URL"), validator=_url_check)
+    api_key: str = attrs.field(
+        factory=_env("LIVEKIT_API_KEY"), validator=_required("API key", "LIVEKIT_API_KEY")
+    )
+    api_secret: str = attrs.field(
+        factory=_env("LIVEKIT_API_SECRET"),
+        validator=_required("API secret", "LIVEKIT_API_SECRET"),
+        repr=False,
+    )
+    #: Explicit dispatch targets workers by this name; empty means automatic dispatch.
+    agent_name: str = ""
+    job_type: JobType = attrs.field(default=JobType.ROOM, converter=JobType)
+    namespace: str = ""
+    version: str = ""
+    permissions: Permissions = attrs.field(factory=Permissions)
+    #: Hard cap on jobs: running ones plus those reserved while awaiting assignment.
+    max_jobs: int = 100
+    #: Replaces the default load (running jobs / max_jobs). Clamped to [0, 1].
+    load_fn: LoadFn | None = None
+    #: At or above this load the worker reports WS_FULL and declines requests.
+    load_threshold: float = 1.0
+    #: How often the load is sampled and reported (also reported on every change).
+    load_interval: float = attrs.field(default=2.5, validator=_positive("load_interval"))
+    wire_format: WireFormat = WireFormat.PROTOBUF
+    #: Application-level ``WorkerPing`` period.
+    ping_interval: float = attrs.field(default=10.0, validator=_positive("ping_interval"))
+    #: No message from the server for this long: the connection is dead, reconnect.
+    ping_timeout: float = attrs.field(default=30.0, validator=_positive("ping_timeout"))
+    reconnect: ReconnectPolicy = attrs.field(factory=ReconnectPolicy)
+    #: Opening the WebSocket (TCP + upgrade) must finish within this.
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive("connect_timeout"))
+    #: The server must confirm registration within this.
+    register_timeout: float = attrs.field(default=10.0, validator=_positive("register_timeout"))
+    #: A user request handler must accept or reject within this (else: rejected).
+    request_timeout: float = attrs.field(default=5.0, validator=_positive("request_timeout"))
+    #: A slot reserved by an accepted request is released if no assignment comes.
+    assignment_timeout: float = attrs.field(default=7.5, validator=_positive("assignment_timeout"))
+    #: ``drain()`` waits this long for running jobs before cancelling them.
+    drain_timeout: float = attrs.field(default=1800.0, validator=_positive("drain_timeout"))
+    #: On cancellation of ``serve``, time allowed for final job statuses and a clean close.
+    shutdown_grace: float = attrs.field(default=2.0, validator=_positive("shutdown_grace"))
+    #: Log every protocol message (tokens redacted).
+    websocket_debug: bool = False
+    #: Largest server frame accepted.
+    max_message_size: int = 1 << 20
+
+    def __attrs_post_init__(self) -> None:
+        if (
+            not isinstance(self.max_jobs, int)
+            or isinstance(self.max_jobs, bool)
+            or self.max_jobs < 1
+        ):
+            raise ConfigurationError(f"max_jobs must be an integer >= 1, got {self.max_jobs!r}")
+        if not (isinstance(self.load_threshold, int | float) and self.load_threshold > 0):
+            raise ConfigurationError(
+                f"load_threshold must be a number > 0, got {self.load_threshold!r}"
+            )
+        if math.isnan(self.load_threshold):
+            raise ConfigurationError("load_threshold must not be NaN")
+        if not isinstance(self.wire_format, WireFormat):
+            raise ConfigurationError(
+                f"wire_format must be a WireFormat (PROTOBUF or JSON), got {self.wire_format!r}"
+            )
+        if self.ping_timeout <= self.ping_interval:
+            raise ConfigurationError(
+                f"ping_timeout ({self.ping_timeout}) must exceed ping_interval"
+                f" ({self.ping_interval}), or a healthy connection would be dropped"
+            )
+
+    @property
+    def agent_ws_url(self) -> str:
+        """The ``/agent`` WebSocket URL derived from :attr:`url` (http -> ws)."""
+        parts = urllib.parse.urlsplit(self.url)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        path = parts.path.rstrip("/") + "/agent"
+        query = urllib.parse.urlencode({"protocol": 1})
+        return urllib.parse.urlunsplit((scheme, parts.netloc, path, query, ""))

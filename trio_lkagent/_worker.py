@@ -1,0 +1,783 @@
+"""The worker: one WebSocket to the LiveKit agent service, jobs as tasks in a nursery.
+
+Task tree of a serving worker::
+
+    serve()                         the caller's task
+    |- jobs nursery                 one task per running job, each in its own
+    |  '- _run_job(...)             CancelScope (the job's termination)
+    '- root nursery
+       '- _connection_manager       connect, register, reconnect with backoff
+          '- session nursery        one per connection
+             |- trio-websocket reader
+             |- _writer             job status updates and worker status, in order
+             |- _pinger             WorkerPing every ping_interval
+             |- _expiry             releases reservations whose assignment never came
+             |- _load_sampler       load_fn / periodic status report
+             '- request handlers    one per pending availability request
+
+Jobs live outside the connection: a reconnect does not touch them. All job
+bookkeeping is delegated to the pure :class:`~._jobstate.JobStateMachine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import attrs
+import trio
+import trio_websocket
+from livekit import api as lkapi
+from livekit.protocol import agent as agent_pb
+
+from ._exceptions import AuthenticationError, ConnectError, LKAgentError, ProtocolError
+from ._job import AcceptInfo, JobContext, JobRequest
+from ._jobstate import Decline, InvalidTransition, JobStateMachine, Outcome
+from ._options import WorkerOptions
+from ._protocol import decode, encode, message_kind
+
+__all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
+
+logger = logging.getLogger("trio_lkagent.worker")
+
+#: ``async def entrypoint(ctx: JobContext) -> None``: one call per job.
+Entrypoint = Callable[[JobContext], Awaitable[None]]
+#: ``async def on_request(req: JobRequest) -> None``: answers with accept/reject.
+RequestHandler = Callable[[JobRequest], Awaitable[None]]
+
+
+@attrs.frozen
+class WorkerStatistics:
+    """A snapshot of a worker's state, from :meth:`Worker.statistics`."""
+
+    worker_id: str | None
+    #: ``"connecting"``, ``"available"``, ``"full"``, ``"draining"`` or ``"stopped"``.
+    status: str
+    registered: bool
+    load: float
+    running_jobs: int
+    reserved_jobs: int
+    max_jobs: int
+    jobs_started: int
+    jobs_succeeded: int
+    jobs_failed: int
+    requests_declined: int
+    reconnects: int
+    #: Round trip of the last WorkerPing/WorkerPong, in seconds.
+    ping_rtt: float | None
+    #: Running job id -> room name.
+    jobs: dict[str, str]
+
+
+class _ConnectionLost(Exception):
+    """The session ended and the worker should reconnect."""
+
+
+class Worker:
+    """A LiveKit agent worker: registers with the server and runs one task per job.
+
+    Args:
+        entrypoint: ``async def entrypoint(ctx: JobContext)``, called once per
+            job, inside the job's cancel scope.
+        options: Connection and capacity settings (default: ``WorkerOptions()``,
+            which reads ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET``).
+        request_handler: ``async def on_request(req: JobRequest)``, which calls
+            ``req.accept(...)`` or ``req.reject()``. Without one every job
+            (within capacity) is accepted with identity ``agent-<job id>``.
+
+    Raises:
+        ConfigurationError: invalid or missing options.
+
+    Run it with ``trio.run(worker.serve)``, or inside an application with
+    ``worker_id = await nursery.start(worker.serve)``.
+    """
+
+    def __init__(
+        self,
+        entrypoint: Entrypoint,
+        options: WorkerOptions | None = None,
+        *,
+        request_handler: RequestHandler | None = None,
+    ) -> None:
+        self._entrypoint = entrypoint
+        self._options = options if options is not None else WorkerOptions()
+        self._request_handler = request_handler
+        self._rng = random.Random()
+        self._reset()
+
+    def _reset(self) -> None:
+        opts = self._options
+        self._state = JobStateMachine(
+            max_jobs=opts.max_jobs,
+            load_threshold=opts.load_threshold,
+            assignment_timeout=opts.assignment_timeout,
+            request_timeout=opts.request_timeout,
+        )
+        self._serving = False
+        self._stopped = False
+        self._worker_id: str | None = None
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._jobs: dict[str, JobContext] = {}
+        self._job_rooms: dict[str, str] = {}
+        self._handler_scopes: dict[str, trio.CancelScope] = {}
+        self._accepted: dict[str, AcceptInfo] = {}
+        self._flush_lock = trio.Lock()
+        self._drain_requested = trio.Event()
+        self._jobs_closed = trio.Event()
+        self._changed = trio.Event()
+        self._cancel_new_jobs = False
+        self._wake_writer = trio.Event()
+        self._wake_expiry = trio.Event()
+        self._last_status: tuple[int, float, int] | None = None
+        self._pings: dict[int, float] = {}
+        self._ping_rtt: float | None = None
+        self._reconnects = 0
+        self._started = self._succeeded = self._failed = self._declined = 0
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def options(self) -> WorkerOptions:
+        """The options the worker was built with."""
+        return self._options
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id the server gave at the last registration (``AW_...``), or None."""
+        return self._worker_id
+
+    def statistics(self) -> WorkerStatistics:
+        """A frozen snapshot of the worker's state (for health checks and metrics)."""
+        state = self._state
+        if self._stopped:
+            status = "stopped"
+        elif state.draining:
+            status = "draining"
+        elif self._ws is None:
+            status = "connecting"
+        else:
+            status = "full" if state.is_full else "available"
+        return WorkerStatistics(
+            worker_id=self._worker_id,
+            status=status,
+            registered=self._ws is not None,
+            load=state.load,
+            running_jobs=state.running,
+            reserved_jobs=state.reserved,
+            max_jobs=state.max_jobs,
+            jobs_started=self._started,
+            jobs_succeeded=self._succeeded,
+            jobs_failed=self._failed,
+            requests_declined=self._declined,
+            reconnects=self._reconnects,
+            ping_rtt=self._ping_rtt,
+            jobs=dict(self._job_rooms),
+        )
+
+    def drain(self) -> None:
+        """Stop taking jobs and let ``serve`` return once running jobs are done.
+
+        The worker reports WS_FULL, declines new requests (and those whose
+        handler is still deciding), waits for running jobs up to
+        ``drain_timeout``, cancels the rest, reports their final statuses,
+        closes the WebSocket with code 1000 and returns from ``serve``.
+        Idempotent; a no-op when not serving.
+        """
+        self._drain_requested.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, register and run jobs until drained or cancelled.
+
+        ``task_status.started(worker_id)`` is called once the server confirmed
+        the registration, so ``worker_id = await nursery.start(worker.serve)``
+        returns a registered worker.
+
+        Raises:
+            AuthenticationError: the server refused the credentials (no retry).
+            ConnectError: ``ReconnectPolicy.max_attempts`` connection attempts in
+                a row failed.
+            RuntimeError: ``serve`` is already running on this worker.
+
+        Cancellation:
+            Running jobs are cancelled (reported JS_SUCCESS, the server's
+            convention), their final statuses are sent and the socket closed
+            with code 1000, all within ``shutdown_grace``; then Cancelled
+            propagates.
+        """
+        if self._serving:
+            raise RuntimeError("Worker.serve() is already running")
+        if self._stopped:
+            self._reset()
+        self._serving = True
+        try:
+            async with trio.open_nursery() as root:
+                try:
+                    async with trio.open_nursery() as jobs:
+                        self._jobs_nursery = jobs
+                        worker_id = await root.start(self._connection_manager)
+                        task_status.started(worker_id)
+                        await self._drain_requested.wait()
+                        await self._drain()
+                finally:
+                    self._jobs_closed.set()
+        except BaseExceptionGroup as group:
+            _raise_collapsed(group)
+        finally:
+            self._serving = False
+            self._stopped = True
+            self._ws = None
+
+    # -- draining ----------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        opts = self._options
+        logger.info("draining: %d running job(s)", self._state.running)
+        for job_id in self._state.drain():
+            scope = self._handler_scopes.get(job_id)
+            if scope is not None:
+                scope.cancel()
+        self._notify()
+        with trio.move_on_after(opts.drain_timeout) as waited:
+            await self._wait_idle()
+        if waited.cancelled_caught:
+            logger.warning(
+                "drain timeout (%.0f s) reached: cancelling %d job(s)",
+                opts.drain_timeout,
+                len(self._jobs),
+            )
+            self._cancel_new_jobs = True  # a late assignment ends at once
+            for ctx in list(self._jobs.values()):
+                ctx.shutdown("worker drain timeout")
+            await self._wait_idle()
+
+    async def _wait_idle(self) -> None:
+        """Until no job runs and no slot is reserved (reservations expire on their own)."""
+        while self._state.running or self._state.reserved:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+    # -- connection ---------------------------------------------------------------
+
+    async def _connection_manager(self, task_status: trio.TaskStatus[str]) -> None:
+        policy = self._options.reconnect
+        failures = 0
+        started = False
+        while not self._jobs_closed.is_set():
+            registered_at: float | None = None
+
+            def on_registered(worker_id: str) -> None:
+                nonlocal started, registered_at
+                registered_at = trio.current_time()
+                if not started:
+                    started = True
+                    task_status.started(worker_id)
+
+            try:
+                await self._session(on_registered)
+                return  # closed gracefully after draining
+            except AuthenticationError:
+                raise
+            except (_ConnectionLost, ConnectError, ProtocolError) as exc:
+                reason = str(exc)
+            except (
+                trio_websocket.HandshakeError,
+                trio_websocket.ConnectionClosed,
+                trio.BrokenResourceError,
+                OSError,
+            ) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            stable = registered_at is not None and (
+                trio.current_time() - registered_at >= policy.stable_after
+            )
+            if stable:
+                failures = 0
+            failures += 1
+            if policy.max_attempts is not None and failures >= policy.max_attempts:
+                raise ConnectError(
+                    f"giving up after {failures} failed connection attempt(s) to"
+                    f" {self._options.agent_ws_url}: {reason}"
+                )
+            delay = policy.delay(failures, self._rng)
+            logger.warning(
+                "connection to the agent service lost (%s); retry in %.2f s", reason, delay
+            )
+            with trio.move_on_after(delay):
+                await self._jobs_closed.wait()  # serving ended: no point reconnecting
+            self._reconnects += 1
+
+    def _auth_headers(self) -> list[tuple[bytes, bytes]]:
+        opts = self._options
+        token = (
+            lkapi.AccessToken(opts.api_key, opts.api_secret)
+            .with_grants(lkapi.VideoGrants(agent=True))
+            .to_jwt()
+        )
+        return [(b"authorization", b"Bearer " + token.encode())]
+
+    async def _session(self, on_registered: Callable[[str], None]) -> None:
+        """One connection's life: connect, register, serve; raises when it is lost."""
+        try:
+            await self._session_inner(on_registered)
+        except BaseExceptionGroup as group:
+            _raise_first(group)
+
+    async def _session_inner(self, on_registered: Callable[[str], None]) -> None:
+        opts = self._options
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(opts.connect_timeout):
+                    ws = await trio_websocket.connect_websocket_url(
+                        nursery,
+                        opts.agent_ws_url,
+                        extra_headers=self._auth_headers(),
+                        max_message_size=opts.max_message_size,
+                    )
+            except trio.TooSlowError:
+                raise ConnectError(
+                    f"connecting to {opts.agent_ws_url} timed out after {opts.connect_timeout} s"
+                ) from None
+            except trio_websocket.ConnectionRejected as exc:
+                body = (exc.body or b"").decode("utf-8", "replace").strip()
+                if exc.status_code in (401, 403):
+                    raise AuthenticationError(
+                        f"the server at {opts.agent_ws_url} refused the API key"
+                        f" {opts.api_key!r}: HTTP {exc.status_code}"
+                        + (f" ({body})" if body else ""),
+                        status_code=exc.status_code,
+                        body=body,
+                    ) from None
+                raise ConnectError(
+                    f"the server refused the WebSocket upgrade: HTTP {exc.status_code}"
+                    + (f" ({body})" if body else "")
+                ) from None
+            try:
+                worker_id = await self._register(ws)
+                self._worker_id = worker_id
+                self._ws = ws
+                self._state.resync()
+                self._last_status = None
+                nursery.start_soon(self._writer, ws)
+                nursery.start_soon(self._pinger, ws)
+                nursery.start_soon(self._expiry)
+                nursery.start_soon(self._load_sampler)
+                on_registered(worker_id)
+                logger.info("registered as %s at %s", worker_id, opts.agent_ws_url)
+                with trio.CancelScope() as reader_scope:
+                    nursery.start_soon(_cancel_when, self._jobs_closed, reader_scope)
+                    await self._reader(ws, nursery)
+                # Serving is over (jobs closed): report the last statuses, close cleanly.
+                await self._flush(ws)
+                await ws.aclose(1000, "worker stopped")
+                nursery.cancel_scope.cancel()
+            finally:
+                self._ws = None
+                for job_id in self._state.connection_lost():
+                    logger.debug("reservation for job %s released: connection lost", job_id)
+                self._notify()
+                # An effective deadline of -inf means we are being cancelled.
+                cancelled = trio.current_effective_deadline() == -math.inf
+                with trio.CancelScope(shield=True):
+                    await self._close_on_exit(ws, cancelled=cancelled)
+
+    async def _close_on_exit(
+        self, ws: trio_websocket.WebSocketConnection, *, cancelled: bool
+    ) -> None:
+        """Shielded. When cancelled, first report the jobs' ends; then close."""
+        if ws.closed is not None:
+            return
+        if cancelled:
+            with trio.move_on_after(self._options.shutdown_grace):
+                await self._jobs_closed.wait()
+                await self._flush(ws)
+        with trio.move_on_after(1):
+            await ws.aclose(1000 if cancelled else 1001, "worker stopped" if cancelled else "")
+
+    async def _register(self, ws: trio_websocket.WebSocketConnection) -> str:
+        opts = self._options
+        await self._send(
+            ws,
+            agent_pb.WorkerMessage(
+                register=agent_pb.RegisterWorkerRequest(
+                    type=f"JT_{opts.job_type.name}",
+                    agent_name=opts.agent_name,
+                    version=opts.version,
+                    namespace=opts.namespace,
+                    ping_interval=math.ceil(opts.ping_interval),
+                    allowed_permissions=opts.permissions.to_proto(),
+                )
+            ),
+        )
+        with trio.move_on_after(opts.register_timeout):
+            while True:
+                message = await self._receive(ws)
+                if message is None:
+                    continue
+                if message.WhichOneof("message") == "register":
+                    worker_id: str = message.register.worker_id
+                    if not worker_id:
+                        raise ProtocolError("register response without a worker id")
+                    return worker_id
+                logger.warning(
+                    "ignoring %s message received before registration", message_kind(message)
+                )
+        raise _ConnectionLost(
+            f"the server did not confirm registration within {opts.register_timeout} s"
+        )
+
+    async def _receive(
+        self, ws: trio_websocket.WebSocketConnection
+    ) -> agent_pb.ServerMessage | None:
+        """Next server message; None for a frame that could not be decoded (logged)."""
+        try:
+            data = await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            reason = exc.reason
+            code = reason.code if reason is not None else None
+            text = f": {reason.reason}" if reason is not None and reason.reason else ""
+            raise _ConnectionLost(f"server closed the connection (code {code}{text})") from None
+        try:
+            message, _fmt = decode(data, agent_pb.ServerMessage)
+        except ProtocolError as exc:
+            logger.warning("ignoring a frame from the server: %s", exc)
+            return None
+        if self._options.websocket_debug:
+            logger.debug("<- %s", _redacted(message))
+        return message
+
+    async def _send(self, ws: trio_websocket.WebSocketConnection, message: Any) -> None:
+        if self._options.websocket_debug:
+            logger.debug("-> %s", _redacted(message))
+        await ws.send_message(encode(message, self._options.wire_format))
+
+    # -- the reader: dispatching server messages ---------------------------------
+
+    async def _reader(self, ws: trio_websocket.WebSocketConnection, nursery: trio.Nursery) -> None:
+        timeout = self._options.ping_timeout
+        while True:
+            with trio.move_on_after(timeout) as idle:
+                message = await self._receive(ws)
+            if idle.cancelled_caught:
+                raise _ConnectionLost(f"no message from the server for {timeout:.0f} s")
+            if message is None:
+                continue
+            kind = message.WhichOneof("message")
+            if kind == "availability":
+                await self._on_availability(ws, nursery, message.availability)
+            elif kind == "assignment":
+                self._on_assignment(message.assignment)
+            elif kind == "termination":
+                self._on_termination(message.termination.job_id)
+            elif kind == "pong":
+                sent = self._pings.pop(message.pong.last_timestamp, None)
+                if sent is not None:
+                    self._ping_rtt = trio.current_time() - sent
+            elif kind == "register":
+                logger.warning("ignoring a second register response")
+            else:
+                logger.info("ignoring server message %r", kind)
+
+    async def _on_availability(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        nursery: trio.Nursery,
+        request: agent_pb.AvailabilityRequest,
+    ) -> None:
+        job = request.job
+        decline = self._state.request(job.id, trio.current_time())
+        if decline is not None:
+            self._declined += 1
+            logger.info("declining job %s: %s", job.id, decline.value)
+            if decline is not Decline.DUPLICATE:
+                await self._send_availability(ws, job.id, None)
+            return
+        self._notify()
+        self._wake_expiry.set()
+        if self._request_handler is None:
+            await self._answer(job, AcceptInfo(identity=f"agent-{job.id}"))
+        else:
+            nursery.start_soon(self._handle_request, job)
+
+    async def _handle_request(self, job: agent_pb.Job) -> None:
+        assert self._request_handler is not None
+        request = JobRequest(job, self)
+        scope = trio.CancelScope(deadline=trio.current_time() + self._options.request_timeout)
+        self._handler_scopes[job.id] = scope
+        try:
+            with scope:
+                await self._request_handler(request)
+        except Exception:
+            logger.exception("request handler failed for job %s", job.id)
+        finally:
+            del self._handler_scopes[job.id]
+        if not request.answered:
+            why = "it did not answer"
+            if scope.cancelled_caught:
+                why = (
+                    "the worker is draining"
+                    if self._state.draining
+                    else f"it did not answer within {self._options.request_timeout} s"
+                )
+            logger.warning("request handler for job %s: %s; rejecting", job.id, why)
+            request._answered = True
+            await self._answer(job, None)
+
+    async def _answer(
+        self, job: agent_pb.Job, accept: AcceptInfo | None, *, terminate: bool = False
+    ) -> None:
+        """Send the AvailabilityResponse for a reserved job (from JobRequest or inline)."""
+        state = self._state
+        if accept is not None:
+            try:
+                state.accepted(job.id, trio.current_time())
+            except InvalidTransition:
+                # Released meanwhile (draining, connection lost): decline instead.
+                accept = None
+            else:
+                self._wake_expiry.set()
+        if accept is None:
+            try:
+                state.rejected(job.id)
+            except InvalidTransition:
+                pass
+            self._declined += 1
+            self._notify()
+        ws = self._ws
+        if ws is None:
+            return  # the server forgot the request with the connection
+        if accept is not None:
+            self._accepted[job.id] = accept
+        try:
+            await self._send_availability(ws, job.id, accept, terminate=terminate)
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    async def _send_availability(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        job_id: str,
+        accept: AcceptInfo | None,
+        *,
+        terminate: bool = False,
+    ) -> None:
+        response = agent_pb.AvailabilityResponse(job_id=job_id, available=accept is not None)
+        if accept is not None:
+            response.participant_identity = accept.identity
+            response.participant_name = accept.name
+            response.participant_metadata = accept.metadata
+            response.participant_attributes.update(accept.attributes)
+        elif terminate:
+            response.terminate = True
+        await self._send(ws, agent_pb.WorkerMessage(availability=response))
+
+    def _on_assignment(self, assignment: agent_pb.JobAssignment) -> None:
+        job = assignment.job
+        try:
+            self._state.assign(job.id)
+        except InvalidTransition as exc:
+            logger.warning("ignoring %s", exc)
+            return
+        accept = self._accepted.pop(job.id, None) or AcceptInfo(identity=f"agent-{job.id}")
+        ctx = JobContext(
+            job=job,
+            url=assignment.url or self._options.url,
+            token=assignment.token,
+            worker_id=self._worker_id or "",
+            accept=accept,
+        )
+        self._jobs[job.id] = ctx
+        self._job_rooms[job.id] = job.room.name
+        if self._cancel_new_jobs:
+            ctx.shutdown("worker drain timeout")
+        self._started += 1
+        self._jobs_nursery.start_soon(self._run_job, ctx, name=f"job {job.id}")
+        self._notify()
+
+    def _on_termination(self, job_id: str) -> None:
+        try:
+            running = self._state.terminate(job_id)
+        except InvalidTransition as exc:
+            logger.warning("ignoring %s", exc)
+            return
+        if running:
+            logger.info("job %s terminated by the server", job_id)
+            self._jobs[job_id].shutdown("terminated by the server")
+        else:
+            self._accepted.pop(job_id, None)
+            self._notify()
+
+    # -- jobs -----------------------------------------------------------------------
+
+    async def _run_job(self, ctx: JobContext) -> None:
+        job_id = ctx.job_id
+        outcome, error = Outcome.CANCELLED, ""
+        try:
+            with ctx.cancel_scope:
+                try:
+                    await self._entrypoint(ctx)
+                    outcome = Outcome.RETURNED
+                except BaseException as exc:
+                    failure = _without_cancelled(exc)
+                    if failure is None or not isinstance(failure, Exception):
+                        raise
+                    # Cancellation is level-triggered: an outer one that arrived
+                    # with this failure is raised again at the next checkpoint.
+                    outcome, error = Outcome.FAILED, _describe(failure)
+                    logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
+                        "job %s failed: %s", job_id, error, exc_info=failure
+                    )
+            await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+        finally:
+            del self._jobs[job_id]
+            del self._job_rooms[job_id]
+            self._state.finish(job_id, outcome, error)
+            if outcome is Outcome.FAILED:
+                self._failed += 1
+            else:
+                self._succeeded += 1
+            self._notify()
+
+    # -- background tasks of a session ---------------------------------------------
+
+    def _notify(self) -> None:
+        """Job state changed: wake the writer (something to send) and drain waiters."""
+        self._wake_writer.set()
+        self._changed.set()
+
+    async def _writer(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            await self._flush(ws)
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+
+    async def _flush(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Send queued job updates in order, then the worker status if it changed."""
+        state = self._state
+        async with self._flush_lock:
+            while (update := state.peek_update()) is not None:
+                await self._send(ws, agent_pb.WorkerMessage(update_job=update.to_proto()))
+                state.pop_update()
+            await self._send_status(ws)
+
+    async def _send_status(
+        self, ws: trio_websocket.WebSocketConnection, *, force: bool = False
+    ) -> None:
+        state = self._state
+        current = (state.worker_status, round(state.load, 4), state.running + state.reserved)
+        if current == self._last_status and not force:
+            return
+        self._last_status = current
+        await self._send(
+            ws,
+            agent_pb.WorkerMessage(
+                update_worker=agent_pb.UpdateWorkerStatus(
+                    status=current[0], load=current[1], job_count=state.running
+                )
+            ),
+        )
+
+    async def _pinger(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            timestamp = int(time.time() * 1000)
+            self._pings = {timestamp: trio.current_time()}
+            await self._send(
+                ws, agent_pb.WorkerMessage(ping=agent_pb.WorkerPing(timestamp=timestamp))
+            )
+            await trio.sleep(self._options.ping_interval)
+
+    async def _expiry(self) -> None:
+        state = self._state
+        while True:
+            with trio.move_on_at(state.next_deadline()):
+                await self._wake_expiry.wait()
+                self._wake_expiry = trio.Event()
+            expired = state.expire(trio.current_time())
+            for job_id in expired:
+                self._accepted.pop(job_id, None)
+                logger.warning(
+                    "job %s: not answered or assigned in time (request_timeout %.1f s,"
+                    " assignment_timeout %.1f s): slot released",
+                    job_id,
+                    self._options.request_timeout,
+                    self._options.assignment_timeout,
+                )
+            if expired:
+                self._notify()
+
+    async def _load_sampler(self) -> None:
+        opts = self._options
+        while True:
+            if opts.load_fn is not None:
+                try:
+                    self._state.set_load(float(opts.load_fn(self.statistics())))
+                except Exception:
+                    logger.exception("load_fn failed; keeping the previous load")
+            self._last_status = None  # periodic report even when unchanged
+            self._notify()
+            await trio.sleep(opts.load_interval)
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _raise_first(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the first leaf of *group* that is not a cancellation (else *group*).
+
+    A session's tasks fail together: the first real error is the cause, the
+    rest (and the Cancelled of its siblings) are consequences.
+    """
+    _, rest = group.split(trio.Cancelled)
+    if rest is None:
+        raise group
+    leaves = _leaves(rest)
+    for leaf in leaves:
+        if isinstance(leaf, AuthenticationError):
+            raise leaf from None
+    raise leaves[0] from None
+
+
+def _without_cancelled(exc: BaseException) -> BaseException | None:
+    """*exc* with every trio.Cancelled removed (None if nothing else is left)."""
+    if isinstance(exc, trio.Cancelled):
+        return None
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        if rest is None:
+            return None
+        leaves = list(_leaves(rest))
+        return leaves[0] if len(leaves) == 1 else rest
+    return exc
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _raise_collapsed(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Re-raise our own error plainly when it is the only non-cancellation in *group*."""
+    _, rest = group.split(trio.Cancelled)
+    if rest is not None:
+        leaves = _leaves(rest)
+        if len(leaves) == 1 and isinstance(leaves[0], LKAgentError):
+            raise leaves[0] from None
+    raise group
+
+
+def _redacted(message: Any) -> str:
+    """One-line text of a protocol message with tokens replaced."""
+    text = str(message).replace("\n", " ")
+    if message.WhichOneof("message") == "assignment" and message.assignment.token:
+        text = text.replace(message.assignment.token, "<redacted>")
+    return text
