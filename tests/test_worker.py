@@ -305,7 +305,9 @@ async def test_running_jobs_survive_a_reconnect(
         assert second.worker_id == worker.worker_id != first
         # After re-registering the worker told the new connection about the job.
         await trio.testing.wait_all_tasks_blocked()
-        assert job.job.id in second.running_job_ids
+        assert (second.worker_id, agent_pb.JS_RUNNING) in [
+            (wid, update.status) for wid, update in job.updates
+        ]
         release.set()
         await server.wait_job_status(job.job.id, agent_pb.JS_SUCCESS)
     assert not cancelled
@@ -345,7 +347,7 @@ async def test_accept_then_drop_server_meets_growing_delays(
 
 
 async def test_unauthorized_is_fatal(server: DevServer) -> None:
-    worker = Worker(_forever, worker_options(server, api_secret="wrong-secret-xxxxxxxxxxxxxxxxxx"))
+    worker = Worker(_forever, worker_options(server, api_secret="wrong-secret-" + "x" * 32))
     with pytest.raises(AuthenticationError) as info:
         await worker.serve()
     assert info.value.status_code == 401
@@ -365,7 +367,7 @@ async def test_gives_up_after_max_attempts(autojump_clock: trio.testing.MockCloc
         WorkerOptions(
             url=f"ws://127.0.0.1:{port}",
             api_key="k",
-            api_secret="s",
+            api_secret="s" * 32,
             reconnect=ReconnectPolicy(max_attempts=3),
         ),
     )

@@ -7,8 +7,8 @@ Task tree of a serving worker::
     |  '- _run_job(...)             CancelScope (the job's termination)
     '- root nursery
        '- _connection_manager       connect, register, reconnect with backoff
-          '- session nursery        one per connection
-             |- trio-websocket reader
+          '- session                one per connection
+             |- io nursery (shielded)  trio-websocket's reader, closed last
              |- _writer             job status updates and worker status, in order
              |- _pinger             WorkerPing every ping_interval
              |- _expiry             releases reservations whose assignment never came
@@ -277,7 +277,10 @@ class Worker:
                     task_status.started(worker_id)
 
             try:
-                await self._session(on_registered)
+                try:
+                    await self._session(on_registered)
+                except trio_websocket.ConnectionRejected as exc:
+                    raise self._rejection_error(exc) from None
                 return  # closed gracefully after draining
             except AuthenticationError:
                 raise
@@ -309,6 +312,22 @@ class Worker:
                 await self._jobs_closed.wait()  # serving ended: no point reconnecting
             self._reconnects += 1
 
+    def _rejection_error(self, exc: trio_websocket.ConnectionRejected) -> LKAgentError:
+        """Map a refused upgrade: 401/403 are fatal, anything else is retried."""
+        url = self._options.agent_ws_url
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        detail = f" ({body})" if body else ""
+        if exc.status_code in (401, 403):
+            return AuthenticationError(
+                f"the server at {url} refused the API key {self._options.api_key!r}:"
+                f" HTTP {exc.status_code}{detail}",
+                status_code=exc.status_code,
+                body=body,
+            )
+        return ConnectError(
+            f"the server at {url} refused the upgrade: HTTP {exc.status_code}{detail}"
+        )
+
     def _auth_headers(self) -> list[tuple[bytes, bytes]]:
         opts = self._options
         token = (
@@ -326,12 +345,26 @@ class Worker:
             _raise_first(group)
 
     async def _session_inner(self, on_registered: Callable[[str], None]) -> None:
+        # trio-websocket's reader task lives in a shielded nursery that is closed
+        # last: when serve() is cancelled, the close handshake with the server
+        # (after the final job statuses) can still complete.
+        async with trio.open_nursery() as guard:
+            io_scope: trio.CancelScope
+            io_nursery, io_scope = await guard.start(_shielded_nursery)
+            try:
+                await self._session_body(io_nursery, on_registered)
+            finally:
+                io_scope.cancel()
+
+    async def _session_body(
+        self, io_nursery: trio.Nursery, on_registered: Callable[[str], None]
+    ) -> None:
         opts = self._options
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(opts.connect_timeout):
                     ws = await trio_websocket.connect_websocket_url(
-                        nursery,
+                        io_nursery,
                         opts.agent_ws_url,
                         extra_headers=self._auth_headers(),
                         max_message_size=opts.max_message_size,
@@ -339,20 +372,6 @@ class Worker:
             except trio.TooSlowError:
                 raise ConnectError(
                     f"connecting to {opts.agent_ws_url} timed out after {opts.connect_timeout} s"
-                ) from None
-            except trio_websocket.ConnectionRejected as exc:
-                body = (exc.body or b"").decode("utf-8", "replace").strip()
-                if exc.status_code in (401, 403):
-                    raise AuthenticationError(
-                        f"the server at {opts.agent_ws_url} refused the API key"
-                        f" {opts.api_key!r}: HTTP {exc.status_code}"
-                        + (f" ({body})" if body else ""),
-                        status_code=exc.status_code,
-                        body=body,
-                    ) from None
-                raise ConnectError(
-                    f"the server refused the WebSocket upgrade: HTTP {exc.status_code}"
-                    + (f" ({body})" if body else "")
                 ) from None
             try:
                 worker_id = await self._register(ws)
@@ -718,6 +737,16 @@ class Worker:
             self._last_status = None  # periodic report even when unchanged
             self._notify()
             await trio.sleep(opts.load_interval)
+
+
+async def _shielded_nursery(
+    task_status: trio.TaskStatus[tuple[trio.Nursery, trio.CancelScope]],
+) -> None:
+    """A nursery outer cancellation does not reach; ends when its scope is cancelled."""
+    with trio.CancelScope(shield=True) as scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started((nursery, scope))
+            await trio.sleep_forever()
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
