@@ -77,8 +77,8 @@ async def serve(jobs: int, idle: int) -> None:
                 nursery.start_soon(server.create_dispatch, f"idle-{i}", AGENT)
                 if i % 200 == 199:
                     await trio.testing.wait_all_tasks_blocked()
-        while sum(1 for j in server.jobs.values() if j.status == agent_pb.JS_RUNNING) < idle:
-            await trio.sleep(0.05)
+        for i in range(idle):
+            await server.wait_for_job(room=f"idle-{i}", status=agent_pb.JS_RUNNING)
         emit({"ready": idle})
         await stdin.receive_some()
 
@@ -125,6 +125,8 @@ async def bench(jobs: int, idle: int) -> None:
             base = rss_bytes()
             await proc.stdin.send_all(b"go\n")
             json.loads(await lines.__anext__())
+            while worker.statistics().running_jobs < idle:  # noqa: ASYNC110 - a bench
+                await trio.sleep(0.01)
             gc.collect()
             grown = rss_bytes() - base
             running = worker.statistics().running_jobs
