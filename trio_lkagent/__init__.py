@@ -12,6 +12,7 @@ The whole public surface is re-exported here::
 The local LiveKit server lives in :mod:`trio_lkagent.devserver`.
 """
 
+from ._exceptions import AsyncioCancelledError as AsyncioCancelledError
 from ._exceptions import AuthenticationError as AuthenticationError
 from ._exceptions import ConfigurationError as ConfigurationError
 from ._exceptions import ConnectError as ConnectError

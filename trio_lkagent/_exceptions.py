@@ -8,6 +8,7 @@ when the other side went away.
 from __future__ import annotations
 
 __all__ = [
+    "AsyncioCancelledError",
     "AuthenticationError",
     "ConfigurationError",
     "ConnectError",
@@ -54,4 +55,13 @@ class ProtocolError(LKAgentError):
     """A message from the peer could not be decoded or violates the protocol.
 
     The worker logs and ignores these; they never end a job or the worker.
+    """
+
+
+class AsyncioCancelledError(LKAgentError):
+    """The asyncio task behind :meth:`AsyncioBridge.run` was cancelled by asyncio code.
+
+    Raised when something on the asyncio side (not the Trio caller) cancelled the
+    task, so there is no result to return. When the Trio caller itself is cancelled
+    it gets :class:`trio.Cancelled` as usual, never this.
     """
