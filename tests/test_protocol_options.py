@@ -47,11 +47,19 @@ def test_codec_round_trips(message: agent_pb.ServerMessage, fmt: WireFormat) -> 
 
 @pytest.mark.parametrize(
     "data",
-    [b"\xff\xff\xff", b"\x0a\x05abc", "not json", '{"unknown_field": 1}', "[1, 2]"],
+    [b"\xff\xff\xff", b"\x0a\x05abc", "not json", '{"pong": 5}', "[1, 2]"],
 )
 def test_malformed_frames_raise_protocol_error(data: bytes | str) -> None:
     with pytest.raises(ProtocolError, match="malformed"):
         decode(data, agent_pb.ServerMessage)
+
+
+def test_json_matches_go_and_ignores_unknown_fields() -> None:
+    message = agent_pb.ServerMessage(register=agent_pb.RegisterWorkerResponse(worker_id="AW_1"))
+    text = encode(message, WireFormat.JSON)
+    assert '"workerId": "AW_1"' in text  # protojson's lowerCamelCase, as Go writes it
+    decoded, _ = decode('{"register": {"worker_id": "AW_1", "fromTheFuture": 1}}', type(message))
+    assert decoded == message
 
 
 def test_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

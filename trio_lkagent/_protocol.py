@@ -2,8 +2,10 @@
 
 The protocol carries ``WorkerMessage`` (worker -> server) and ``ServerMessage``
 (server -> worker) from ``livekit.protocol.agent``. A binary WebSocket frame holds
-the protobuf encoding; a text frame holds protobuf-JSON (field names as in the
-``.proto`` file, which is what the Go server emits and accepts).
+the protobuf encoding; a text frame holds protobuf-JSON with lowerCamelCase field
+names, as the Go server's ``protojson`` writes them (either spelling is accepted
+on input, and unknown fields are ignored, as in binary frames, so a newer
+peer's additions do not break an older one).
 
 This module is pure: no I/O, no state. Both ends call :func:`encode` and
 :func:`decode`; nothing else in the package touches ``SerializeToString`` or
@@ -53,7 +55,7 @@ def encode(message: Message, wire_format: WireFormat) -> bytes | str:
     """
     if wire_format is WireFormat.PROTOBUF:
         return message.SerializeToString()
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+    return json_format.MessageToJson(message, indent=None)
 
 
 def decode(data: bytes | str, message_type: type[M]) -> tuple[M, WireFormat]:
@@ -64,14 +66,12 @@ def decode(data: bytes | str, message_type: type[M]) -> tuple[M, WireFormat]:
         binary frames protobuf), so a server can answer in kind.
 
     Raises:
-        ProtocolError: the frame does not hold a valid *message_type*. JSON with
-            unknown fields is refused too: a misspelt field would otherwise be
-            silently dropped.
+        ProtocolError: the frame does not hold a valid *message_type*.
     """
     message = message_type()
     try:
         if isinstance(data, str):
-            json_format.Parse(data, message)
+            json_format.Parse(data, message, ignore_unknown_fields=True)
             return message, WireFormat.JSON
         message.ParseFromString(data)
         return message, WireFormat.PROTOBUF

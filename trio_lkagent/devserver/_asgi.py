@@ -1,0 +1,138 @@
+"""The dev server's HTTP/WebSocket front: one ASGI application, routed by path.
+
+Routes today:
+
+- ``GET /`` -> ``200 OK`` (the Go server's health answer);
+- WebSocket ``/agent`` -> the agent service (token with the ``agent`` grant);
+- anything else -> 404. Reserved for the rooms part: ``/rtc``, ``/rtc/v1``
+  (WebSocket signalling) and ``/twirp/livekit.RoomService/*``,
+  ``/twirp/livekit.AgentDispatchService/*`` (HTTP).
+
+The order of checks follows Go: the token middleware (bad header or token -> 401),
+then the endpoint (``/agent`` without the ``agent`` grant -> 401).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ._agent_service import AgentService
+from ._auth import ERR_PERMISSION_DENIED, AuthFailure, authenticate
+from ._state import Counters, Faults
+from ._transport import ASGIReceive, ASGISend, Scope, WebSocketTransport, http_response
+
+__all__ = ["DevServerApp"]
+
+logger = logging.getLogger("trio_lkagent.devserver")
+
+AGENT_PATH = "/agent"
+
+
+def _route(path: str) -> str:
+    # Go's RemoveDoubleSlashes, and tolerate a trailing slash.
+    while path.startswith("//"):
+        path = path[1:]
+    return path.rstrip("/") or "/"
+
+
+class DevServerApp:
+    """The ASGI application hypercorn serves.
+
+    Args:
+        keys: API key -> secret accepted in tokens.
+        agents: Serves ``/agent``.
+        faults: Consulted on every WebSocket upgrade.
+        counters: Upgrade statistics.
+    """
+
+    def __init__(
+        self, *, keys: dict[str, str], agents: AgentService, faults: Faults, counters: Counters
+    ) -> None:
+        self._keys = keys
+        self._agents = agents
+        self._faults = faults
+        self._counters = counters
+        #: Set when the server shuts down: new requests get 503.
+        self.closing = False
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        """Handle one ASGI connection (``lifespan``, ``http`` or ``websocket``)."""
+        kind = scope.get("type")
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        self._in_flight += 1
+        self._idle = trio.Event() if self._in_flight == 1 else self._idle
+        try:
+            if kind == "websocket":
+                await self._websocket(WebSocketTransport(scope, receive, send))
+            elif kind == "http":
+                await self._http(scope, send)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no request or WebSocket is being handled."""
+        await self._idle.wait()
+
+    async def _lifespan(self, receive: ASGIReceive, send: ASGISend) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, send: ASGISend) -> None:
+        if self.closing:
+            await http_response(send, 503, "server shutting down")
+        elif _route(scope.get("path", "")) == "/" and scope.get("method") in ("GET", "HEAD"):
+            await http_response(send, 200, "OK")
+        else:
+            await http_response(send, 404, "404 page not found\n")
+
+    async def _reject(self, transport: WebSocketTransport, status: int, reason: str) -> None:
+        self._counters.upgrades_rejected += 1
+        logger.info(
+            "refused WebSocket upgrade of %s from %s: %d %s",
+            transport.path,
+            transport.client,
+            status,
+            reason,
+        )
+        await transport.reject(status, reason)
+
+    async def _websocket(self, transport: WebSocketTransport) -> None:
+        if not await transport.wait_connect():
+            return
+        if self.closing:
+            await self._reject(transport, 503, "server shutting down")
+            return
+        if _route(transport.path) != AGENT_PATH:
+            await self._reject(transport, 404, "404 page not found\n")
+            return
+        status = self._faults.reject_upgrade_status
+        if status is not None:
+            await self._reject(transport, status, self._faults.reject_upgrade_body)
+            return
+        try:
+            grants = authenticate(
+                transport.header("authorization"), transport.query("access_token"), self._keys
+            )
+        except AuthFailure as failure:
+            await self._reject(transport, failure.status, failure.reason)
+            return
+        if grants is None or not grants.can_register_agent:
+            await self._reject(transport, 401, ERR_PERMISSION_DENIED)
+            return
+        await transport.accept()
+        self._counters.upgrades_accepted += 1
+        await self._agents.serve_connection(transport, grants)
