@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 
 import trio
 
@@ -49,7 +50,10 @@ async def demo() -> None:
 
     from trio_lkagent.devserver import open_devserver
 
-    async with open_devserver() as server, trio.open_nursery() as nursery:
+    # A fresh secret per run (the LiveKit dev default "secret" is short enough
+    # for PyJWT to warn about it).
+    secret = secrets.token_urlsafe(32)
+    async with open_devserver(api_secret=secret) as server, trio.open_nursery() as nursery:
         print(f"dev server at {server.url} (api key {server.api_key!r})")
         worker = make_worker(
             WorkerOptions(
@@ -66,7 +70,8 @@ async def demo() -> None:
         long = await server.create_dispatch(room="demo-c", agent_name=AGENT_NAME, metadata="long")
         for room in ("demo-a", "demo-b"):
             job = await server.wait_for_job(room=room, status=agent_pb.JS_SUCCESS)
-            print(f"server: job {job.job.id} in {room} ended {agent_pb.JobStatus.Name(job.job.state.status)}")
+            status = agent_pb.JobStatus.Name(job.job.state.status)
+            print(f"server: job {job.job.id} in {room} ended {status}")
         job = await server.wait_for_job(room="demo-c", status=agent_pb.JS_RUNNING)
         print(f"server: terminating job {job.job.id} (dispatch {long.id})")
         await server.terminate_job(job.job.id)

@@ -16,7 +16,9 @@ API_SECRET = "devsecret-0123456789abcdef0123456789"
 @pytest.fixture
 async def server() -> AsyncIterator[DevServer]:
     """A dev server bound to 127.0.0.1 on a port the OS chose."""
-    async with open_devserver(host="127.0.0.1", port=0, api_key=API_KEY, api_secret=API_SECRET) as s:
+    async with open_devserver(
+        host="127.0.0.1", port=0, api_key=API_KEY, api_secret=API_SECRET
+    ) as s:
         yield s
 
 

@@ -1,0 +1,27 @@
+"""The examples run as a newcomer runs them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import trio
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def test_minimal_worker_demo_runs_jobs_against_the_dev_server() -> None:
+    with trio.fail_after(60):  # a safety net for a subprocess, not a timing assertion
+        result = await trio.run_process(
+            [sys.executable, str(EXAMPLES / "minimal_worker.py"), "--demo"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "worker registered as AW_" in out
+    assert out.count("] done") == 2
+    assert out.count("ended JS_SUCCESS") == 3
+    assert "worker drained; bye" in out
+    assert "Traceback" not in result.stderr.decode()
