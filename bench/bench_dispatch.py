@@ -28,11 +28,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import trio
 import trio.testing
 
 AGENT = "bench"
+OFFICIAL_WORKER = str(Path(__file__).resolve().parent / "official_worker.py")
 
 
 def rss_bytes() -> int:
@@ -133,16 +135,92 @@ async def bench(jobs: int, idle: int) -> None:
             await proc.stdin.send_all(b"stop\n")
             nursery.cancel_scope.cancel()
 
+    _report("trio-lkagent worker", latencies, grown, running)
+
+
+async def bench_official(python: str, jobs: int, idle: int) -> None:
+    """The same measurement with the official livekit-agents worker as the peer."""
+    import os
+    import tempfile
+
+    marks_path = tempfile.mktemp(prefix="lk-official-marks-")
+    async with trio.open_nursery() as outer:
+        srv: trio.Process = await outer.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, __file__, "--serve", "--jobs", str(jobs), "--idle", str(idle)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        assert srv.stdout is not None and srv.stdin is not None
+        lines = _lines(srv.stdout)
+        info = json.loads(await lines.__anext__())
+        env = dict(
+            os.environ,
+            LIVEKIT_URL=info["url"],
+            LIVEKIT_API_KEY=info["api_key"],
+            LIVEKIT_API_SECRET=info["api_secret"],
+            BENCH_AGENT_NAME=AGENT,
+            BENCH_MARKS=marks_path,
+        )
+        wrk: trio.Process = await outer.start(
+            functools.partial(trio.run_process, [python, OFFICIAL_WORKER], env=env, check=False)
+        )
+        sent = json.loads(await lines.__anext__())["sent"]
+        started = _read_marks(marks_path)
+        latencies = sorted((started[j] - t) * 1e3 for j, t in sent.items() if j in started)
+        base = _tree_rss(wrk.pid)
+        await srv.stdin.send_all(b"go\n")
+        json.loads(await lines.__anext__())
+        while len(_read_marks(marks_path)) < jobs + idle:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        grown = _tree_rss(wrk.pid) - base
+        await srv.stdin.send_all(b"stop\n")
+        wrk.terminate()
+    os.unlink(marks_path)
+    _report("official livekit-agents worker (thread executor)", latencies, grown, idle)
+
+
+def _read_marks(path: str) -> dict[str, float]:
+    """The official worker's ``<job id> <perf_counter>`` lines."""
+    lines = Path(path).read_text().splitlines()
+    return {j: float(t) for j, t in (line.split() for line in lines)}
+
+
+def _tree_rss(pid: int) -> int:
+    """RSS of a process and its children, in bytes."""
+    import pathlib
+
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            total += int(pathlib.Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096
+            for task in pathlib.Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pids.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _report(title: str, latencies: list[float], grown: int, running: int) -> None:
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
 
-    print(f"dispatch latency over {len(latencies)} jobs (availability sent -> entrypoint running):")
+    print(title)
     print(
-        f"  p50 {pct(50):.3f} ms   p90 {pct(90):.3f} ms   p99 {pct(99):.3f} ms"
+        f"  dispatch latency over {len(latencies)} jobs (availability sent -> entrypoint running):"
+    )
+    print(
+        f"    p50 {pct(50):.3f} ms   p90 {pct(90):.3f} ms   p99 {pct(99):.3f} ms"
         f"   mean {statistics.fmean(latencies):.3f} ms   max {latencies[-1]:.3f} ms"
     )
-    print(f"memory: {running} idle jobs grew the worker's RSS by {grown / 2**20:.1f} MiB")
-    print(f"  = {grown / max(1, running) / 1024:.1f} KiB per idle job")
+    print(f"  memory: {running} idle jobs grew the worker's RSS by {grown / 2**20:.1f} MiB")
+    print(f"    = {grown / max(1, running) / 1024:.1f} KiB per idle job")
 
 
 async def _lines(stream: trio.abc.ReceiveStream):  # type: ignore[no-untyped-def]
@@ -162,9 +240,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs timed one at a time")
     parser.add_argument("--idle", type=int, default=10_000, help="concurrent idle jobs")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--official",
+        metavar="PYTHON",
+        help="measure the official livekit-agents worker, run by this interpreter",
+    )
     args = parser.parse_args()
     if args.serve:
         trio.run(serve, args.jobs, args.idle)
+    elif args.official:
+        trio.run(bench_official, args.official, args.jobs, args.idle)
     else:
         trio.run(bench, args.jobs, args.idle)
 
