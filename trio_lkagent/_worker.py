@@ -187,7 +187,8 @@ class Worker:
         closes the WebSocket with code 1000 and returns from ``serve``.
         Idempotent; a no-op when not serving.
         """
-        self._drain_requested.set()
+        if self._serving:
+            self._drain_requested.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, register and run jobs until drained or cancelled.
