@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
@@ -14,6 +16,9 @@ from livekit.protocol import agent as agent_pb
 from ._options import JobType
 
 if TYPE_CHECKING:
+    from livekit import rtc
+
+    from ._room import AutoSubscribe, Room
     from ._worker import Worker
 
 __all__ = ["AcceptInfo", "JobContext", "JobRequest", "ShutdownCallback"]
@@ -147,6 +152,7 @@ class JobContext:
         self._cancel_scope = trio.CancelScope()
         self._shutdown_reason: str | None = None
         self._callbacks: list[ShutdownCallback] = []
+        self._room: Room | None = None
 
     @property
     def job(self) -> agent_pb.Job:
@@ -202,6 +208,95 @@ class JobContext:
     def cancel_scope(self) -> trio.CancelScope:
         """The job's cancel scope: cancelling it ends the job (as :meth:`shutdown` does)."""
         return self._cancel_scope
+
+    @property
+    def room(self) -> Room:
+        """The room joined with :meth:`connect`, inside its ``async with`` block.
+
+        Raises:
+            RuntimeError: Not inside ``async with ctx.connect()``.
+        """
+        if self._room is None:
+            raise RuntimeError("not connected: use `async with ctx.connect() as room:`")
+        return self._room
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        *,
+        auto_subscribe: AutoSubscribe | None = None,
+        connect_timeout: float = 10.0,
+        options: rtc.RoomOptions | None = None,
+    ) -> AsyncIterator[Room]:
+        """Join the job's room (:func:`~trio_lkagent.open_room` with the job's URL and token).
+
+        Args:
+            auto_subscribe: Remote tracks to subscribe to by ourselves
+                (default ``AutoSubscribe.AUDIO_ONLY``).
+            connect_timeout: Deadline for joining, in seconds.
+            options: Further ``livekit.rtc.RoomOptions``.
+
+        Yields:
+            The connected :class:`~trio_lkagent.Room`, also available as :attr:`room`.
+
+        Raises:
+            ConnectError: Joining failed or timed out.
+            RuntimeError: Already connected.
+
+        Cancellation:
+            The job's cancellation (termination, shutdown) leaves the block and
+            disconnects, shielded and bounded.
+        """
+        from ._room import AutoSubscribe, open_room
+
+        if self._room is not None:
+            raise RuntimeError("this job is already connected to its room")
+        async with open_room(
+            self._url,
+            self._token,
+            auto_subscribe=auto_subscribe or AutoSubscribe.AUDIO_ONLY,
+            connect_timeout=connect_timeout,
+            options=options,
+        ) as room:
+            self._room = room
+            try:
+                yield room
+            finally:
+                self._room = None
+
+    async def wait_for_participant(
+        self,
+        identity: str | None = None,
+        *,
+        kind: int | Collection[int] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a convenience helper, as the seeds have it
+    ) -> rtc.RemoteParticipant:
+        """Wait for a remote participant in the job's room (see ``Room.wait_for_participant``).
+
+        Args:
+            identity: The identity wanted; None for anyone.
+            kind: ``livekit.rtc.ParticipantKind`` value(s); None for any.
+            timeout: Give up after this many seconds (None: wait as long as the job runs).
+
+        Raises:
+            trio.TooSlowError: *timeout* passed.
+            RuntimeError: Not connected (use :meth:`connect` first).
+        """
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            return await self.room.wait_for_participant(identity, kind=kind)
+
+    async def publish_data(
+        self,
+        payload: bytes | str,
+        *,
+        reliable: bool = True,
+        destination_identities: Collection[str] = (),
+        topic: str | None = None,
+    ) -> None:
+        """Send a data packet in the job's room (see ``Room.publish_data``)."""
+        await self.room.publish_data(
+            payload, reliable=reliable, destination_identities=destination_identities, topic=topic
+        )
 
     def shutdown(self, reason: str = "") -> None:
         """End the job: cancel its scope. The job is reported as successful.
