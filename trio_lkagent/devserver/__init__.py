@@ -1,8 +1,9 @@
 """A local LiveKit server for tests and development, Trio-native.
 
-Today it serves the agent protocol (``/agent``) the way the Go server does, with
-rooms and agent dispatches kept in memory; media (``/rtc``) and the Twirp APIs
-come next. See ``docs/devserver.md``.
+Today it serves the agent protocol (``/agent``) and the server API (Twirp
+RoomService and AgentDispatchService, for the official ``livekit-api`` client)
+the way the Go server does, with rooms and agent dispatches kept in memory;
+media (``/rtc``) comes next. See ``docs/devserver.md``.
 
 ::
 

@@ -4,9 +4,10 @@ Routes today:
 
 - ``GET /`` -> ``200 OK`` (the Go server's health answer);
 - WebSocket ``/agent`` -> the agent service (token with the ``agent`` grant);
+- ``POST /twirp/livekit.RoomService/*``, ``/twirp/livekit.AgentDispatchService/*``
+  -> the Server API (``_twirp.py``, ``_roomservice.py``);
 - anything else -> 404. Reserved for the rooms part: ``/rtc``, ``/rtc/v1``
-  (WebSocket signalling) and ``/twirp/livekit.RoomService/*``,
-  ``/twirp/livekit.AgentDispatchService/*`` (HTTP).
+  (WebSocket signalling).
 
 The order of checks follows Go: the token middleware (bad header or token -> 401),
 then the endpoint (``/agent`` without the ``agent`` grant -> 401).
@@ -22,6 +23,7 @@ from ._agent_service import AgentService
 from ._auth import ERR_PERMISSION_DENIED, AuthFailure, authenticate
 from ._state import Counters, Faults
 from ._transport import ASGIReceive, ASGISend, Scope, WebSocketTransport, http_response
+from ._twirp import TwirpServer
 
 __all__ = ["DevServerApp"]
 
@@ -45,12 +47,20 @@ class DevServerApp:
         agents: Serves ``/agent``.
         faults: Consulted on every WebSocket upgrade.
         counters: Upgrade statistics.
+        twirp: Serves the Server API routes (None: they are 404).
     """
 
     def __init__(
-        self, *, keys: dict[str, str], agents: AgentService, faults: Faults, counters: Counters
+        self,
+        *,
+        keys: dict[str, str],
+        agents: AgentService,
+        faults: Faults,
+        counters: Counters,
+        twirp: TwirpServer | None = None,
     ) -> None:
         self._keys = keys
+        self._twirp = twirp
         self._agents = agents
         self._faults = faults
         self._counters = counters
@@ -72,7 +82,7 @@ class DevServerApp:
             if kind == "websocket":
                 await self._websocket(WebSocketTransport(scope, receive, send))
             elif kind == "http":
-                await self._http(scope, send)
+                await self._http(scope, receive, send)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -91,9 +101,11 @@ class DevServerApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, send: ASGISend) -> None:
+    async def _http(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         if self.closing:
             await http_response(send, 503, "server shutting down")
+        elif self._twirp is not None and self._twirp.handles(scope.get("path", "")):
+            await self._twirp.serve(scope, receive, send)
         elif _route(scope.get("path", "")) == "/" and scope.get("method") in ("GET", "HEAD"):
             await http_response(send, 200, "OK")
         else:

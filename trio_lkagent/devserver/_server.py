@@ -23,7 +23,9 @@ from ._asgi import AGENT_PATH, DevServerApp
 from ._config import DevServerConfig
 from ._ids import NODE_PREFIX, new_guid
 from ._rooms import RoomRegistry, ServerRoom
+from ._roomservice import server_api
 from ._state import Changes, Counters, Faults
+from ._twirp import TwirpServer
 
 __all__ = [
     "DevServer",
@@ -158,6 +160,7 @@ class DevServer:
             agents=self._agents,
             faults=self.faults,
             counters=self._counters,
+            twirp=TwirpServer(keys={config.api_key: config.api_secret}, services=server_api(self)),
         )
         self._url = ""
         self._started = False
