@@ -34,7 +34,7 @@ import trio
 import trio.testing
 
 AGENT = "bench"
-OFFICIAL_WORKER = str(Path(__file__).resolve().parent / "official_worker.py")
+OFFICIAL_WORKER = str(Path(__file__).resolve().parent.parent / "tests/peers/official_worker.py")
 
 
 def rss_bytes() -> int:
@@ -162,8 +162,8 @@ async def bench_official(python: str, jobs: int, idle: int) -> None:
             LIVEKIT_URL=info["url"],
             LIVEKIT_API_KEY=info["api_key"],
             LIVEKIT_API_SECRET=info["api_secret"],
-            BENCH_AGENT_NAME=AGENT,
-            BENCH_MARKS=marks_path,
+            PEER_AGENT_NAME=AGENT,
+            PEER_EVENTS=marks_path,
         )
         wrk: trio.Process = await outer.start(
             functools.partial(trio.run_process, [python, OFFICIAL_WORKER], env=env, check=False)
@@ -184,9 +184,9 @@ async def bench_official(python: str, jobs: int, idle: int) -> None:
 
 
 def _read_marks(path: str) -> dict[str, float]:
-    """The official worker's ``<job id> <perf_counter>`` lines."""
+    """Entrypoint start times from the official worker's ``start`` event lines."""
     lines = Path(path).read_text().splitlines()
-    return {j: float(t) for j, t in (line.split() for line in lines)}
+    return {f[1]: float(f[3]) for f in (line.split() for line in lines) if f[0] == "start"}
 
 
 def _tree_rss(pid: int) -> int:

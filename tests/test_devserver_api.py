@@ -24,29 +24,11 @@ from trio_lkagent import JobContext, Worker
 from trio_lkagent._bridge import open_bridge
 from trio_lkagent.devserver import DevServer
 
-from .conftest import worker_options
+from .conftest import call_api, worker_options
 
 T = TypeVar("T")
 
 ApiCall = Callable[[lkapi.LiveKitAPI], Awaitable[T]]
-
-
-async def call_api(server: DevServer, fn: ApiCall[T], *, token: str | None = None) -> T:
-    """Run ``await fn(lkapi)`` on the bridge's loop with a fresh ``LiveKitAPI``."""
-
-    async def on_loop() -> T:
-        if token is None:
-            client = lkapi.LiveKitAPI(server.url, server.api_key, server.api_secret)
-        else:
-            client = lkapi.LiveKitAPI.with_token(token, server.url)
-        try:
-            return await fn(client)
-        finally:
-            await client.aclose()
-
-    async with open_bridge() as bridge:
-        with trio.fail_after(5):
-            return await bridge.run(on_loop)
 
 
 async def raw_post(
