@@ -514,12 +514,14 @@ class Worker:
             if decline is not Decline.DUPLICATE:
                 await self._send_availability(ws, job.id, None)
             return
-        self._notify()
         self._wake_expiry.set()
         if self._request_handler is None:
+            # Answer first: waking the writer before would put a status update
+            # ahead of the answer on the wire.
             await self._answer(job, AcceptInfo(identity=f"agent-{job.id}"))
         else:
             nursery.start_soon(self._handle_request, job)
+        self._notify()
 
     async def _handle_request(self, job: agent_pb.Job) -> None:
         assert self._request_handler is not None
