@@ -578,7 +578,7 @@ async def test_delete_room_and_dispatch_send_terminations(server: DevServer) -> 
         nursery.cancel_scope.cancel()
 
 
-async def test_terminated_job_of_a_vanished_worker_gets_gos_outcome(server: DevServer) -> None:
+async def test_a_termination_records_gos_outcome_at_once(server: DevServer) -> None:
     async with raw_worker(server, agent_name="x") as worker:
         await server.create_room("r1", agents=[dispatch_pb.RoomAgentDispatch(agent_name="x")])
         job_id = (await worker.expect("availability")).availability.job.id
@@ -593,11 +593,19 @@ async def test_terminated_job_of_a_vanished_worker_gets_gos_outcome(server: DevS
         await server.delete_room("r1")
         assert (await worker.expect("termination")).termination.job_id == job_id
         job = server.jobs[job_id]
-        assert job.status == agent_pb.JS_RUNNING  # until the worker reports...
-        await server.drop_worker(worker.worker_id)
-    # ...or goes away: then Go's record for an agent whose room closed.
-    assert (job.status, job.job.state.error) == (agent_pb.JS_FAILED, "agent worker left the room")
-    assert job.status_history[-1] == agent_pb.JS_FAILED
+        # Go's Worker.TerminateJob: an agent whose room closed "left the room".
+        assert (job.status, job.job.state.error) == (
+            agent_pb.JS_FAILED,
+            "agent worker left the room",
+        )
+        assert job.job.state.ended_at
+        ignored = server.statistics().ignored_messages
+        await worker.report(job_id, agent_pb.JS_SUCCESS)  # too late: ignored, as in Go
+        await server._changes.wait_for(  # noqa: SLF001
+            lambda: server.statistics().ignored_messages > ignored or None
+        )
+        assert job.status == agent_pb.JS_FAILED
+        assert job.status_history[-1] == agent_pb.JS_FAILED
 
 
 async def test_operator_termination(server: DevServer) -> None:
@@ -609,8 +617,8 @@ async def test_operator_termination(server: DevServer) -> None:
         await server.create_dispatch("r1", "x")
         job = await server.wait_for_job(room="r1", status=agent_pb.JS_RUNNING)
         state = await server.terminate_job(job.id)
-        assert state.status == agent_pb.JS_RUNNING
-        job = await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)
+        assert state.status == agent_pb.JS_SUCCESS  # Go records the end at once
+        await server.wait_until(lambda: job.late_updates or None)
         assert terminations == [job.id]
         assert job.termination is not None
         assert server.statistics().terminations_sent == 1
@@ -688,8 +696,10 @@ async def test_empty_room_closes_after_empty_timeout(
             )
             assert room.empty_timeout == 30 and room.departure_timeout == 20
             t0 = trio.current_time()
-            job = await server.wait_for_job(room="r1", status=agent_pb.JS_SUCCESS)
+            job = await server.wait_for_job(room="r1", status=agent_pb.JS_FAILED)
             assert trio.current_time() - t0 == pytest.approx(30)
+            assert job.job.state.error == "agent worker left the room"  # Go's record
+            await server.wait_until(lambda: job.late_updates or None)
             assert terminations == [job.id] and "r1" not in server.rooms
             assert job.job.state.reason == agent_pb.JSR_ROOM_CLOSED
         nursery.cancel_scope.cancel()

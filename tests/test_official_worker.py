@@ -124,11 +124,50 @@ async def test_termination_reaches_it(server: DevServer, tmp_path: Path) -> None
             server,
             lambda api: api.agent_dispatch.delete_dispatch(dispatch.id, "terminated"),
         )
+        assert job.status == agent_pb.JS_SUCCESS  # recorded at termination, as Go does
         with trio.fail_after(STEP):
-            job = await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)
+            ((_, report),) = await server.wait_until(lambda: job.late_updates or None)
         # The official worker itself reported the end of the job it was told to stop.
-        assert job.updates[-1][1].status == agent_pb.JS_SUCCESS
+        assert report.status == agent_pb.JS_SUCCESS
         assert ["end", job.id] in [e[:2] for e in read_events(events)]
+
+
+async def test_its_job_joins_the_room_over_webrtc(server: DevServer, tmp_path: Path) -> None:
+    """The official worker's job connects to the room (its own livekit 1.1 client)
+    and meets one of ours; closing the room ends the job as Go records it."""
+    from livekit import rtc
+
+    from trio_lkagent import open_room
+    from trio_lkagent.events import DataReceived
+
+    events = tmp_path / "events"
+    async with official_worker(server, events):
+        async with open_room(server.url, server.create_participant_token("meet", "ana")) as room:
+            received = room.events()
+            await server.create_dispatch("meet", AGENT, metadata="connect")
+            with trio.fail_after(STEP):
+                agent = await room.wait_for_participant(
+                    kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                )
+                async for event in received:
+                    if isinstance(event, DataReceived):
+                        break
+            assert (event.payload, event.topic, event.identity) == (
+                b"hello from the official worker",
+                "official",
+                agent.identity,
+            )
+            job = await server.wait_for_job(room="meet", status=agent_pb.JS_RUNNING)
+            assert agent.identity in server.rooms["meet"].participants
+        await server.delete_room("meet")
+        assert (job.status, job.job.state.error) == (
+            agent_pb.JS_FAILED,
+            "agent worker left the room",
+        )
+        with trio.fail_after(STEP):
+            await server.wait_until(
+                lambda: ["end", job.id] in [e[:2] for e in read_events(events)] or None
+            )
 
 
 async def test_livekit_api_rejects_bad_credentials(server: DevServer) -> None:

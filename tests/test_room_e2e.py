@@ -22,6 +22,7 @@ import trio
 from livekit import api as lkapi
 from livekit import rtc
 from livekit.protocol import agent as agent_pb
+from livekit.protocol import agent_dispatch as dispatch_pb
 
 from trio_lkagent._bridge import AsyncioBridge, Handoff
 from trio_lkagent._room import Room, open_room
@@ -430,7 +431,12 @@ async def test_room_analytics_example(server: DevServer, monkeypatch: pytest.Mon
     worker = example.make_worker(worker_options(server, agent_name=example.AGENT_NAME), analytics)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
-        await server.create_dispatch(room="e2e-analytics", agent_name=example.AGENT_NAME)
+        # Go's default departure timeout (20 s) would keep the job, and drain(), waiting.
+        await server.create_room(
+            "e2e-analytics",
+            agents=[dispatch_pb.RoomAgentDispatch(agent_name=example.AGENT_NAME)],
+            departure_timeout=1,
+        )
         await server.wait_for_job(room="e2e-analytics", status=agent_pb.JS_RUNNING)
         async with open_room(server.url, join_token(server, "e2e-analytics", "ivy")) as ivy:
             await ivy.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)

@@ -114,6 +114,8 @@ class ServerJob:
         accepted_identity: The participant identity the accepting worker chose.
         token: The room token sent in the ``JobAssignment``.
         updates: ``(worker_id, UpdateJobStatus)`` the server accepted for this job.
+        late_updates: ``(worker_id, UpdateJobStatus)`` received after the job had
+            ended (a worker's own report of a terminated job): ignored, as in Go.
         termination: Set when the server ended the job.
         launched: Whether the job request succeeded (a worker took it, or asked
             to end it with ``terminate``), as opposed to finding no worker.
@@ -131,6 +133,7 @@ class ServerJob:
         self.accepted_identity: str | None = None
         self.token: str | None = None
         self.updates: list[tuple[str, agent_pb.UpdateJobStatus]] = []
+        self.late_updates: list[tuple[str, agent_pb.UpdateJobStatus]] = []
         self.termination: Termination | None = None
         self.launched = False
         self.simulated = simulated
@@ -648,6 +651,9 @@ class AgentService:
         job = self.jobs.get(update.job_id)
         if job is None or job.ended or not self._may_report(worker, job):
             self._counters.ignored_messages += 1
+            if job is not None and job.ended:
+                job.late_updates.append((worker.worker_id, update))
+                self._changes.notify()
             logger.debug("received job update for unknown job %s", update.job_id)
             return
         if rules.apply_job_update(job.job.state, update, _now_ns()):
@@ -923,6 +929,14 @@ class AgentService:
             agent_pb.ServerMessage(termination=agent_pb.JobTermination(job_id=job_id))
         ):
             self._counters.terminations_sent += 1
+        # Go records the outcome at once (``Worker.TerminateJob`` -> UpdateJobStatus):
+        # the job leaves the worker's running jobs; its later reports are ignored.
+        status, error = rules.termination_outcome(reason)
+        job._set_status(status, error=error)
+        worker.running_job_ids.discard(job_id)
+        if self._job_to_worker.get(job_id) is worker:
+            del self._job_to_worker[job_id]
+        self._changes.notify()
         state = agent_pb.JobState()
         state.CopyFrom(job.job.state)
         return state

@@ -6,8 +6,9 @@ Routes today:
 - WebSocket ``/agent`` -> the agent service (token with the ``agent`` grant);
 - ``POST /twirp/livekit.RoomService/*``, ``/twirp/livekit.AgentDispatchService/*``
   -> the Server API (``_twirp.py``, ``_roomservice.py``);
-- anything else -> 404. Reserved for the rooms part: ``/rtc``, ``/rtc/v1``
-  (WebSocket signalling).
+- WebSocket ``/rtc/v1`` -> room signalling (``_signal.py``; token with ``roomJoin``);
+- anything else -> 404, ``/rtc`` included: the client's dual peer connection
+  fallback is not served.
 
 The order of checks follows Go: the token middleware (bad header or token -> 401),
 then the endpoint (``/agent`` without the ``agent`` grant -> 401).
@@ -20,7 +21,8 @@ import logging
 import trio
 
 from ._agent_service import AgentService
-from ._auth import ERR_PERMISSION_DENIED, AuthFailure, authenticate
+from ._auth import ERR_PERMISSION_DENIED, AuthFailure, Grants, authenticate
+from ._signal import RTC_V1_PATH, RtcService
 from ._state import Counters, Faults
 from ._transport import ASGIReceive, ASGISend, Scope, WebSocketTransport, http_response
 from ._twirp import TwirpServer
@@ -48,6 +50,7 @@ class DevServerApp:
         faults: Consulted on every WebSocket upgrade.
         counters: Upgrade statistics.
         twirp: Serves the Server API routes (None: they are 404).
+        rtc: Serves ``/rtc/v1`` (None: 404).
     """
 
     def __init__(
@@ -58,8 +61,10 @@ class DevServerApp:
         faults: Faults,
         counters: Counters,
         twirp: TwirpServer | None = None,
+        rtc: RtcService | None = None,
     ) -> None:
         self._keys = keys
+        self._rtc = rtc
         self._twirp = twirp
         self._agents = agents
         self._faults = faults
@@ -128,7 +133,8 @@ class DevServerApp:
         if self.closing:
             await self._reject(transport, 503, "server shutting down")
             return
-        if _route(transport.path) != AGENT_PATH:
+        route = _route(transport.path)
+        if route != AGENT_PATH and (route != RTC_V1_PATH or self._rtc is None):
             await self._reject(transport, 404, "404 page not found\n")
             return
         status = self._faults.reject_upgrade_status
@@ -142,9 +148,25 @@ class DevServerApp:
         except AuthFailure as failure:
             await self._reject(transport, failure.status, failure.reason)
             return
+        if route == RTC_V1_PATH and self._rtc is not None:
+            await self._serve_rtc(transport, grants, self._rtc)
+            return
         if grants is None or not grants.can_register_agent:
             await self._reject(transport, 401, ERR_PERMISSION_DENIED)
             return
         await transport.accept()
         self._counters.upgrades_accepted += 1
         await self._agents.serve_connection(transport, grants)
+
+    async def _serve_rtc(
+        self, transport: WebSocketTransport, grants: Grants | None, rtc: RtcService
+    ) -> None:
+        try:
+            join = rtc.check_join(transport, grants)
+        except AuthFailure as failure:
+            await self._reject(transport, failure.status, failure.reason)
+            return
+        assert grants is not None
+        await transport.accept()
+        self._counters.upgrades_accepted += 1
+        await rtc.serve_connection(transport, grants, join)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 from livekit.protocol import agent as agent_pb
@@ -111,6 +111,9 @@ class RoomRegistry:
         self._changes = changes
         #: Open rooms by name.
         self.rooms: dict[str, ServerRoom] = {}
+        #: Called with the room's name when a room closes (the media side
+        #: disconnects its participants).
+        self.on_room_closed: Callable[[str], Awaitable[None]] | None = None
         agents.set_listener(self)
 
     # -- rooms -------------------------------------------------------------------
@@ -192,6 +195,8 @@ class RoomRegistry:
             room.idle_watch.cancel()
         logger.info("room closed (%s): %s (%s)", why, room.name, room.sid)
         self._changes.notify()
+        if self.on_room_closed is not None:
+            await self.on_room_closed(room.name)
         for job in list(self._agents.iter_jobs(room_sid=room.sid)):
             await self._terminate(
                 job.id, rules.TerminateReason.AGENT_LEFT_ROOM, agent_pb.JSR_ROOM_CLOSED
@@ -423,6 +428,18 @@ class RoomRegistry:
         room.participants[info.identity] = info
         for dispatch in list(room.dispatches.values()):
             self._launch(room, dispatch, agent_pb.JT_PUBLISHER, info)
+        self._changes.notify()
+
+    def on_participant_updated(
+        self, room_name: str, participant: models_pb.ParticipantInfo
+    ) -> None:
+        """A participant's info changed (metadata, tracks, mute...): keep a copy."""
+        room = self.rooms.get(room_name)
+        if room is None or participant.identity not in room.participants:
+            return
+        info = models_pb.ParticipantInfo()
+        info.CopyFrom(participant)
+        room.participants[info.identity] = info
         self._changes.notify()
 
     def on_participant_left(self, room_name: str, identity: str) -> None:

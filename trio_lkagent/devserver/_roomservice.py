@@ -156,53 +156,56 @@ class _Api:
         # Go looks the participant up before checking the grant.
         self._participant(req.room, req.identity)
         ensure_admin(grants, req.room)
-        self._server.on_participant_left(req.room, req.identity)
+        await self._server.remove_participant(req.room, req.identity)
         return room_pb.RemoveParticipantResponse()
 
     async def mute_published_track(
         self, req: room_pb.MuteRoomTrackRequest, grants: Grants | None
     ) -> room_pb.MuteRoomTrackResponse:
         ensure_admin(grants, req.room)
-        info = self._participant(req.room, req.identity)
-        for track in info.tracks:
-            if track.sid == req.track_sid:
-                track.muted = req.muted
-                response = room_pb.MuteRoomTrackResponse()
-                response.track.CopyFrom(track)
-                return response
-        raise _not_found("track is not found")
+        self._participant(req.room, req.identity)
+        try:
+            track = self._server.mute_track(req.room, req.identity, req.track_sid, req.muted)
+        except KeyError:
+            raise _not_found("track is not found") from None
+        response = room_pb.MuteRoomTrackResponse()
+        response.track.CopyFrom(track)
+        return response
 
     async def update_participant(
         self, req: room_pb.UpdateParticipantRequest, grants: Grants | None
     ) -> models_pb.ParticipantInfo:
         ensure_admin(grants, req.room)
-        info = self._participant(req.room, req.identity)
-        if req.metadata:
-            info.metadata = req.metadata
-        if req.name:
-            info.name = req.name
-        if req.HasField("permission"):
-            info.permission.CopyFrom(req.permission)
-        for key, value in req.attributes.items():
-            if value:
-                info.attributes[key] = value
-            else:
-                info.attributes.pop(key, None)
-        return info
+        self._participant(req.room, req.identity)
+        return self._server.update_participant(
+            req.room,
+            req.identity,
+            metadata=req.metadata,
+            name=req.name,
+            attributes=dict(req.attributes),
+            permission=req.permission if req.HasField("permission") else None,
+        )
 
     async def update_room_metadata(
         self, req: room_pb.UpdateRoomMetadataRequest, grants: Grants | None
     ) -> models_pb.Room:
         ensure_admin(grants, req.room)
         room = self._room(req.room)
-        room.room.metadata = req.metadata
+        self._server.update_room_metadata(req.room, req.metadata)
         return self._render_room(room)
 
     async def send_data(
         self, req: room_pb.SendDataRequest, grants: Grants | None
     ) -> room_pb.SendDataResponse:
         ensure_admin(grants, req.room)
-        # Nobody to deliver to until participants join over WebRTC.
+        self._room(req.room)
+        await self._server.send_data(
+            req.room,
+            req.data,
+            reliable=req.kind == models_pb.DataPacket.RELIABLE,
+            topic=req.topic if req.HasField("topic") else None,
+            destination_identities=list(req.destination_identities),
+        )
         return room_pb.SendDataResponse()
 
     # -- AgentDispatchService ------------------------------------------------------

@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import models as models_pb
 
 from .._exceptions import LKAgentError
+from .._room import AutoSubscribe, Room, open_room
 from . import _dispatch as rules
 from ._agent_service import AgentService, ServerJob, ServerWorker
 from ._asgi import AGENT_PATH, DevServerApp
 from ._config import DevServerConfig
 from ._ids import NODE_PREFIX, new_guid
+from ._peer import DataRecord
 from ._rooms import RoomRegistry, ServerRoom
 from ._roomservice import server_api
+from ._signal import RtcService
 from ._state import Changes, Counters, Faults
 from ._twirp import TwirpServer
 
@@ -36,6 +40,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_lkagent.devserver")
+T = TypeVar("T")
 
 #: ``ServerInfo.version`` the dev server announces.
 SERVER_VERSION = "1.13.5-trio-lkagent-devserver"
@@ -155,12 +160,15 @@ class DevServer:
         self._rooms = RoomRegistry(
             config=config, agents=self._agents, nursery=nursery, changes=self._changes
         )
+        self._rtc = RtcService(nursery=nursery, registry=self._rooms, server_info=self._server_info)
+        self._rooms.on_room_closed = self._rtc.close_room
         self._app = DevServerApp(
             keys={config.api_key: config.api_secret},
             agents=self._agents,
             faults=self.faults,
             counters=self._counters,
             twirp=TwirpServer(keys={config.api_key: config.api_secret}, services=server_api(self)),
+            rtc=self._rtc,
         )
         self._url = ""
         self._started = False
@@ -223,6 +231,7 @@ class DevServer:
             self._app.closing = True
             with trio.move_on_after(self.config.shutdown_timeout) as scope:
                 await self._agents.close_all(1001, "server shutting down")
+                await self._rtc.close_all()
                 await self._app.wait_idle()
             if scope.cancelled_caught:
                 logger.warning("dev server shutdown timed out; cutting remaining connections")
@@ -257,6 +266,83 @@ class DevServer:
     def api_secret(self) -> str:
         """Its secret."""
         return self.config.api_secret
+
+    def create_participant_token(
+        self,
+        room: str,
+        identity: str,
+        *,
+        name: str = "",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+        kind: str | None = None,
+    ) -> str:
+        """A join token for *room* signed with the server's key (``livekit.api.AccessToken``).
+
+        Args:
+            room: The room to join (created on join if needed).
+            identity: The participant's identity.
+            name: Display name.
+            metadata: Participant metadata.
+            attributes: Participant attributes.
+            kind: ``"standard"`` (default), ``"agent"``, ``"sip"``, ...
+
+        Returns:
+            The JWT, for ``rtc.Room.connect(server.url, token)``.
+        """
+        token = (
+            lkapi.AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(name)
+            .with_metadata(metadata)
+            .with_grants(lkapi.VideoGrants(room_join=True, room=room))
+        )
+        if attributes:
+            token = token.with_attributes(dict(attributes))
+        if kind is not None:
+            token = token.with_kind(kind)  # type: ignore[arg-type]
+        return token.to_jwt()
+
+    @asynccontextmanager
+    async def open_participant(
+        self,
+        room: str,
+        identity: str,
+        *,
+        name: str = "",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+        kind: str | None = None,
+        auto_subscribe: AutoSubscribe = AutoSubscribe.SUBSCRIBE_ALL,
+    ) -> AsyncIterator[Room]:
+        """Join *room* as a simulated participant for the duration of the block.
+
+        It is a real ``livekit.rtc`` client over WebRTC, driven from Trio with
+        this package's :class:`~trio_lkagent.Room`: publish audio from numpy
+        (``room.publish_audio``), send data (``room.publish_data``), read events;
+        leaving the block leaves the room.
+
+        Example::
+
+            async with server.open_participant("demo", "alice") as alice:
+                async with alice.publish_audio(sample_rate=48000) as mic:
+                    await mic.write(tone)
+                await alice.publish_data(b"hello", topic="chat")
+
+        Args:
+            room: The room (created on join if needed).
+            identity: The participant's identity.
+            name: Display name.
+            metadata: Participant metadata.
+            attributes: Participant attributes.
+            kind: ``"standard"`` (default), ``"sip"``, ``"agent"``, ...
+            auto_subscribe: Which remote tracks it subscribes to.
+        """
+        token = self.create_participant_token(
+            room, identity, name=name, metadata=metadata, attributes=attributes, kind=kind
+        )
+        async with open_room(self.url, token, auto_subscribe=auto_subscribe) as joined:
+            yield joined
 
     # -- state -------------------------------------------------------------------
 
@@ -362,6 +448,14 @@ class DevServer:
             return None
 
         return await self._changes.wait_for(ready)
+
+    async def wait_until(self, predicate: Callable[[], T | None]) -> T:
+        """Wait until *predicate* (called after every change of the server's state:
+        workers, jobs, rooms, participants) returns something other than None.
+
+        Example: ``await server.wait_until(lambda: job.late_updates or None)``.
+        """
+        return await self._changes.wait_for(predicate)
 
     async def wait_job_status(self, job_id: str, status: agent_pb.JobStatus) -> ServerJob:
         """Wait until job *job_id* has reached *status* (see :meth:`wait_for_job`).
@@ -500,6 +594,127 @@ class DevServer:
         """A participant left; an agent leaving ends its job as failed."""
         self._rooms.on_participant_left(room, identity)
 
+    async def remove_participant(self, room: str, identity: str) -> None:
+        """Disconnect a participant (``RemoveParticipant``): a connected client gets a
+        ``leave`` (``PARTICIPANT_REMOVED``); then :meth:`on_participant_left`."""
+        await self._rtc.remove_participant(room, identity)
+        self._rooms.on_participant_left(room, identity)
+
+    def update_participant(
+        self,
+        room: str,
+        identity: str,
+        *,
+        metadata: str = "",
+        name: str = "",
+        attributes: Mapping[str, str] | None = None,
+        permission: models_pb.ParticipantPermission | None = None,
+    ) -> models_pb.ParticipantInfo:
+        """``UpdateParticipant``: change a participant's metadata, name, attributes
+        (an empty value deletes the key) or permission; the room is told.
+
+        Raises:
+            KeyError: no such room or participant.
+        """
+        connected = self._rtc.update_participant(
+            room,
+            identity,
+            metadata=metadata,
+            name=name,
+            attributes=attributes,
+            permission=permission,
+        )
+        if connected is not None:
+            return _copy(connected)
+        info = self._participant(room, identity)
+        if metadata:
+            info.metadata = metadata
+        if name:
+            info.name = name
+        if permission is not None:
+            info.permission.CopyFrom(permission)
+        for key, value in (attributes or {}).items():
+            if value:
+                info.attributes[key] = value
+            else:
+                info.attributes.pop(key, None)
+        self._changes.notify()
+        return _copy(info)
+
+    def mute_track(
+        self, room: str, identity: str, track_sid: str, muted: bool
+    ) -> models_pb.TrackInfo:
+        """``MutePublishedTrack``: the publisher's client is told to (un)mute.
+
+        Raises:
+            KeyError: no such room, participant or track.
+        """
+        track = self._rtc.mute_track(room, identity, track_sid, muted)
+        if track is None:
+            for candidate in self._participant(room, identity).tracks:
+                if candidate.sid == track_sid:
+                    candidate.muted = muted
+                    track = candidate
+                    break
+            else:
+                raise KeyError(f"track not found: {track_sid!r}")
+        result = models_pb.TrackInfo()
+        result.CopyFrom(track)
+        return result
+
+    def update_room_metadata(self, room: str, metadata: str) -> models_pb.Room:
+        """``UpdateRoomMetadata``: every participant gets a room update.
+
+        Raises:
+            KeyError: no such room.
+        """
+        server_room = self._rooms.rooms.get(room)
+        if server_room is None:
+            raise KeyError(f"room not found: {room!r}")
+        server_room.room.metadata = metadata
+        self._rtc.update_room_metadata(room, metadata)
+        self._changes.notify()
+        result = models_pb.Room()
+        result.CopyFrom(server_room.room)
+        return result
+
+    async def send_data(
+        self,
+        room: str,
+        payload: bytes,
+        *,
+        reliable: bool = True,
+        topic: str | None = None,
+        destination_identities: Sequence[str] = (),
+    ) -> None:
+        """``SendData``: deliver *payload* to the room's participants from the server.
+
+        Raises:
+            KeyError: no such room.
+        """
+        if room not in self._rooms.rooms:
+            raise KeyError(f"room not found: {room!r}")
+        packet = models_pb.DataPacket(
+            kind=models_pb.DataPacket.RELIABLE if reliable else models_pb.DataPacket.LOSSY,
+            destination_identities=list(destination_identities),
+            user=models_pb.UserPacket(
+                payload=payload, topic=topic, destination_identities=list(destination_identities)
+            ),
+        )
+        await self._rtc.send_data(room, packet)
+
+    def data_received(self, room: str) -> list[DataRecord]:
+        """The data packets relayed in *room* (participants' and ``SendData``),
+        oldest first; at most the last 10 000."""
+        return self._rtc.data_log(room)
+
+    def _participant(self, room: str, identity: str) -> models_pb.ParticipantInfo:
+        server_room = self._rooms.rooms.get(room)
+        info = server_room.participants.get(identity) if server_room is not None else None
+        if info is None:
+            raise KeyError(f"participant not found: {identity!r} in {room!r}")
+        return info
+
     # -- fault hooks ---------------------------------------------------------------
 
     async def drop_worker(self, worker_id: str, code: int | None = None) -> None:
@@ -585,8 +800,11 @@ async def open_devserver(
     )
     error: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            server = DevServer(config, nursery, rng=rng)
+        async with trio.open_nursery() as outer:
+            # The server's tasks get a nursery of their own, so that closing the
+            # server (even from inside the block) never cancels the block's body.
+            services: trio.Nursery = await outer.start(_hold_nursery)
+            server = DevServer(config, services, rng=rng)
             try:
                 await server.start()
                 yield server
@@ -600,6 +818,18 @@ async def open_devserver(
         error = leaves[0]
     if error is not None:
         raise error
+
+
+def _copy(info: models_pb.ParticipantInfo) -> models_pb.ParticipantInfo:
+    copy = models_pb.ParticipantInfo()
+    copy.CopyFrom(info)
+    return copy
+
+
+async def _hold_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 async def serve_devserver(

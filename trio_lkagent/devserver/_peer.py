@@ -1,0 +1,337 @@
+"""The media side of the dev server's rooms: aiortc peer connections on the asyncio bridge.
+
+Everything here is **asyncio code**: it runs on the project's one asyncio bridge
+(``trio_lkagent._bridge``), reached from Trio with ``bridge.call`` (construction,
+quick non-blocking calls) and ``bridge.run`` (coroutines). Nothing here touches
+Trio objects.
+
+- :class:`MediaRoom` relays data packets between the participants' peers entirely
+  on the loop (order kept, no thread hop per packet) and fans published audio out
+  through one :class:`aiortc.contrib.media.MediaRelay`.
+- :class:`Peer` is one participant's single peer connection (``/rtc/v1``): the
+  client offers, the peer answers; tracks to send wait for a client re-offer and
+  fill one of its recv-only sections.
+
+Two aiortc details are reached into, here only: the sender's msid (the LiveKit
+client needs the stream id ``"<PA_sid>|<TR_sid>"``) and the transceiver's offered
+direction (to find free recv-only sections and unpublished tracks). aioice drops
+``127.0.0.1`` from its host candidates, and the dev server binds loopback only:
+:func:`restrict_ice_to_loopback` makes aioice gather ``127.0.0.1`` alone
+(process-wide, applied when the first room peer is made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from typing import Any
+
+import aioice.ice
+import attrs
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceCandidate,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.sdp import candidate_from_sdp
+from livekit.protocol import models as models_pb
+
+__all__ = ["DataRecord", "MediaRoom", "NewTrack", "Peer", "restrict_ice_to_loopback"]
+
+logger = logging.getLogger("trio_lkagent.devserver.rtc")
+
+RELIABLE_LABEL = "_reliable"
+LOSSY_LABEL = "_lossy"
+_SENDING = ("recvonly", "sendrecv")  # the offer's direction seen from our side
+#: Data packets kept per channel for a client whose channel is not open yet (oldest dropped).
+DATA_BACKLOG = 1024
+#: Data packets a room remembers for inspection (oldest dropped).
+DATA_LOG = 10_000
+
+
+def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+def restrict_ice_to_loopback() -> None:
+    """Make aioice gather only ``127.0.0.1`` host candidates (it skips loopback otherwise)."""
+    aioice.ice.get_host_addresses = _loopback_only
+
+
+@attrs.frozen
+class DataRecord:
+    """A data packet the server relayed in a room (for tests to inspect).
+
+    Attributes:
+        sender: Identity of the participant that sent it ("" from the Server API).
+        reliable: Sent on the reliable channel.
+        kind: Which ``DataPacket`` value it carried: ``"user"``, ``"rpc_request"``,
+            ``"rpc_response"``, ``"rpc_ack"``, ``"stream_header"``,
+            ``"stream_chunk"``, ``"stream_trailer"``, ...
+        payload: The user payload (``kind == "user"``), else b"".
+        topic: The user packet's topic.
+        destination_identities: Whom it was for (empty: everyone).
+    """
+
+    sender: str
+    reliable: bool
+    kind: str
+    payload: bytes
+    topic: str
+    destination_identities: tuple[str, ...]
+
+
+@attrs.frozen
+class NewTrack:
+    """A track the client started sending, found in its latest offer."""
+
+    track_id: str
+    kind: str
+    mid: str
+    track: MediaStreamTrack
+
+
+@attrs.frozen
+class Answer:
+    """What :meth:`Peer.answer` produced."""
+
+    sdp: str
+    mid_to_track_id: dict[str, str]
+    new_tracks: list[NewTrack]
+    #: Mids the client sends media on (a published track's mid missing: unpublished).
+    sending_mids: frozenset[str]
+
+
+@attrs.define
+class _Outgoing:
+    track: MediaStreamTrack
+    track_sid: str
+    participant_sid: str
+
+
+class MediaRoom:
+    """The peers of one room on the asyncio loop; relays data and audio between them."""
+
+    def __init__(self) -> None:
+        self.peers: dict[str, Peer] = {}
+        self.relay = MediaRelay()
+        #: The data packets relayed here, oldest first (read from any thread).
+        self.log: collections.deque[DataRecord] = collections.deque(maxlen=DATA_LOG)
+
+    def add(self, peer: Peer) -> None:
+        """Start relaying to and from *peer*."""
+        self.peers[peer.identity] = peer
+
+    def remove(self, peer: Peer) -> None:
+        """Stop relaying to and from *peer*."""
+        if self.peers.get(peer.identity) is peer:
+            del self.peers[peer.identity]
+
+    def relay_data(self, sender: Peer, label: str, raw: bytes) -> None:
+        """Forward a client's ``DataPacket`` to the others, stamped with the sender."""
+        packet = models_pb.DataPacket()
+        try:
+            packet.ParseFromString(raw)
+        except Exception:  # protobuf's DecodeError
+            logger.info("undecodable data packet from %s", sender.identity)
+            return
+        # The client marks every packet LOSSY: the channel tells which it was.
+        packet.kind = (
+            models_pb.DataPacket.RELIABLE if label == RELIABLE_LABEL else models_pb.DataPacket.LOSSY
+        )
+        packet.participant_identity = sender.identity
+        packet.participant_sid = sender.sid
+        if packet.HasField("user"):
+            packet.user.participant_identity = sender.identity
+            packet.user.participant_sid = sender.sid
+        self._deliver(packet, label, sender)
+
+    def send_from_server(self, packet: models_pb.DataPacket) -> None:
+        """Deliver a ``DataPacket`` from the Server API (``SendData``): no sender."""
+        label = RELIABLE_LABEL if packet.kind == models_pb.DataPacket.RELIABLE else LOSSY_LABEL
+        self._deliver(packet, label, None)
+
+    def _deliver(self, packet: models_pb.DataPacket, label: str, sender: Peer | None) -> None:
+        destinations = set(packet.destination_identities)
+        if packet.HasField("user"):
+            destinations.update(packet.user.destination_identities)
+        which = packet.WhichOneof("value") or ""
+        user = packet.user if which == "user" else None
+        self.log.append(
+            DataRecord(
+                sender=sender.identity if sender is not None else "",
+                reliable=label == RELIABLE_LABEL,
+                kind=which,
+                payload=user.payload if user is not None else b"",
+                topic=user.topic if user is not None else "",
+                destination_identities=tuple(sorted(destinations)),
+            )
+        )
+        del packet.destination_identities[:]
+        data = packet.SerializeToString()
+        for peer in list(self.peers.values()):
+            if peer is sender or (destinations and peer.identity not in destinations):
+                continue
+            peer.send_data(label, data)
+
+
+class Peer:
+    """One participant's peer connection (single-PC ``/rtc/v1``), on the asyncio loop.
+
+    Construct it on the loop (``bridge.call``).
+
+    Args:
+        room: The room it relays through.
+        identity: The participant's identity.
+        sid: Its ``PA_`` sid.
+    """
+
+    def __init__(self, room: MediaRoom, identity: str, sid: str) -> None:
+        self.room = room
+        self.identity = identity
+        self.sid = sid
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._channels: dict[str, RTCDataChannel] = {}
+        self._backlog: dict[str, collections.deque[bytes]] = {}
+        self._pending_candidates: list[RTCIceCandidate] = []
+        self._outgoing: list[_Outgoing] = []
+        self._mid_to_track: dict[str, str] = {}
+        self._known_receivers: set[int] = set()
+        self._connected = asyncio.Event()
+        self.pc.on("connectionstatechange", self._on_state)
+        self.pc.on("datachannel", self._on_channel)
+
+    # -- events ------------------------------------------------------------------
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self._connected.set()
+
+    def _on_channel(self, channel: RTCDataChannel) -> None:
+        label = channel.label
+        if label in (RELIABLE_LABEL, LOSSY_LABEL):
+            self._channels[label] = channel
+            if channel.readyState == "open":
+                self._flush(label)
+            else:
+                channel.on("open", lambda: self._flush(label))
+
+        def on_message(message: bytes | str) -> None:
+            if isinstance(message, bytes) and label in (RELIABLE_LABEL, LOSSY_LABEL):
+                self.room.relay_data(self, label, message)
+
+        channel.on("message", on_message)
+
+    # -- operations (asyncio thread) -------------------------------------------------
+
+    async def wait_connected(self) -> None:
+        """Wait until the peer connection is connected (ICE and DTLS)."""
+        await self._connected.wait()
+
+    def send_data(self, label: str, data: bytes) -> None:
+        """Send a serialized ``DataPacket`` on the client's channel *label*.
+
+        Kept (up to ``DATA_BACKLOG`` per channel) until the channel is open.
+        """
+        channel = self._channels.get(label)
+        if channel is not None and channel.readyState == "open":
+            channel.send(data)
+        else:
+            backlog = self._backlog.setdefault(label, collections.deque(maxlen=DATA_BACKLOG))
+            backlog.append(data)
+
+    def _flush(self, label: str) -> None:
+        channel = self._channels[label]
+        backlog = self._backlog.pop(label, None)
+        while backlog:
+            channel.send(backlog.popleft())
+
+    async def add_candidate(self, candidate_init: str) -> None:
+        """Add a trickled ICE candidate (JSON ``RTCIceCandidateInit``); buffered until
+        the first offer is in."""
+        init: dict[str, Any] = json.loads(candidate_init)
+        text = init.get("candidate") or ""
+        if not text:
+            return
+        candidate = candidate_from_sdp(text.removeprefix("candidate:"))
+        candidate.sdpMid = init.get("sdpMid")
+        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        if self.pc.remoteDescription is None:
+            self._pending_candidates.append(candidate)
+        else:
+            await self.pc.addIceCandidate(candidate)
+
+    def send_track(self, source: MediaStreamTrack, track_sid: str, participant_sid: str) -> None:
+        """Queue *source* (relayed) for the client; it is attached at the next offer."""
+        track = self.room.relay.subscribe(source)
+        self._outgoing.append(_Outgoing(track, track_sid, participant_sid))
+
+    def stop_track(self, track_sid: str) -> None:
+        """Stop sending *track_sid* to the client (its section stays, silent)."""
+        self._outgoing = [o for o in self._outgoing if o.track_sid != track_sid]
+        for transceiver in self.pc.getTransceivers():
+            sender = transceiver.sender
+            if getattr(sender, "_track_id", None) == track_sid and sender.track is not None:
+                sender.track.stop()
+                sender.replaceTrack(None)
+                sender._track_id = ""  # free the section for a later track
+                if transceiver.mid is not None:
+                    self._mid_to_track.pop(transceiver.mid, None)
+
+    async def answer(self, offer_sdp: str) -> Answer:
+        """Take the client's offer and answer it, sending the queued tracks."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        for candidate in self._pending_candidates:
+            await self.pc.addIceCandidate(candidate)
+        self._pending_candidates.clear()
+        for outgoing in list(self._outgoing):
+            transceiver = self._free_section(outgoing.track.kind)
+            if transceiver is None:
+                continue
+            transceiver.sender.replaceTrack(outgoing.track)
+            transceiver.direction = "sendonly"
+            transceiver.sender._stream_id = f"{outgoing.participant_sid}|{outgoing.track_sid}"
+            transceiver.sender._track_id = outgoing.track_sid
+            self._outgoing.remove(outgoing)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        new_tracks: list[NewTrack] = []
+        sending: set[str] = set()
+        for transceiver in self.pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None:
+                continue
+            if transceiver.sender.track is not None:
+                self._mid_to_track[mid] = transceiver.sender._track_id
+            receiver_track = transceiver.receiver.track
+            if transceiver._offerDirection in _SENDING and receiver_track is not None:
+                sending.add(mid)
+                if id(transceiver.receiver) not in self._known_receivers:
+                    self._known_receivers.add(id(transceiver.receiver))
+                    new_tracks.append(
+                        NewTrack(receiver_track.id, receiver_track.kind, mid, receiver_track)
+                    )
+        local = self.pc.localDescription
+        return Answer(local.sdp, dict(self._mid_to_track), new_tracks, frozenset(sending))
+
+    def _free_section(self, kind: str) -> RTCRtpTransceiver | None:
+        for transceiver in self.pc.getTransceivers():
+            if (
+                transceiver.kind == kind
+                and transceiver.sender.track is None
+                and transceiver._offerDirection in ("sendonly", "sendrecv")
+            ):
+                return transceiver
+        return None
+
+    async def close(self) -> None:
+        """Close the peer connection (idempotent)."""
+        self.room.remove(self)
+        await self.pc.close()
