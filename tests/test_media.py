@@ -461,8 +461,13 @@ async def test_video_loop_delivers_numpy_frames(
             open_video_output(64, 36) as video,
             open_video_stream(video.track, format=out_format) as frames,
         ):
-            await video.write(pixels)
-            frame = await frames.receive()
+            # libwebrtc may hand a reader a black frame of the track's size before
+            # the first one written: skip those (a few at most), then check.
+            for written in range(1, 6):
+                await video.write(pixels)
+                frame = await frames.receive()
+                if check(frame).max() > 0:
+                    break
     assert (frame.width, frame.height, frame.format) == (64, 36, out_format)
     assert np.abs(check(frame) - (30, 160, 220)).max() <= 6
-    assert video.statistics().frames == 1
+    assert video.statistics().frames == written
