@@ -230,10 +230,14 @@ async def test_audio_both_ways_and_to_a_late_joiner(
     assert abs(results["carol hears bob"] - 880) <= 5
 
 
-async def test_unpublish_reaches_the_others(server: DevServer, bridge: AsyncioBridge) -> None:
+@pytest.mark.parametrize("single_pc", [True, False], ids=["rtc-v1", "rtc-dual"])
+async def test_unpublish_reaches_the_others(
+    server: DevServer, bridge: AsyncioBridge, single_pc: bool
+) -> None:
+    options = rtc.RoomOptions(single_peer_connection=single_pc)
     async with (
-        open_client(bridge, server, "r-unpub", "alice") as alice,
-        open_client(bridge, server, "r-unpub", "bob") as bob,
+        open_client(bridge, server, "r-unpub", "alice", options=options) as alice,
+        open_client(bridge, server, "r-unpub", "bob", options=options) as bob,
     ):
         async with microphone(alice):
             await bob.next("track_subscribed")
@@ -276,7 +280,7 @@ async def _upgrade_status(server: DevServer, target: str, token: str) -> int:
     return int(head.split()[1])
 
 
-async def test_join_needs_a_room_join_grant_and_rtc_v0_is_not_served(server: DevServer) -> None:
+async def test_join_needs_a_room_join_grant(server: DevServer) -> None:
     from livekit import api as lkapi
 
     good = server.create_participant_token("r-auth", "alice")
@@ -288,7 +292,8 @@ async def test_join_needs_a_room_join_grant_and_rtc_v0_is_not_served(server: Dev
     )
     assert await _upgrade_status(server, "/rtc/v1?join_request=", no_join) == 401
     assert await _upgrade_status(server, "/rtc/v1?join_request=%%%", good) == 400
-    assert await _upgrade_status(server, "/rtc?access_token=x", good) == 404
+    assert await _upgrade_status(server, "/rtc?auto_subscribe=1", no_join) == 401
+    assert await _upgrade_status(server, "/rtc/v2?join_request=", good) == 404
 
 
 def _python_threads() -> set[threading.Thread]:
@@ -435,14 +440,14 @@ async def test_server_api_updates_reach_connected_clients(
         await bridge.run(lk.aclose)
 
 
+@pytest.mark.parametrize("single_pc", [True, False], ids=["rtc-v1", "rtc-dual"])
 async def test_auto_subscribe_off_subscribes_on_request(
-    server: DevServer, bridge: AsyncioBridge
+    server: DevServer, bridge: AsyncioBridge, single_pc: bool
 ) -> None:
+    options = rtc.RoomOptions(auto_subscribe=False, single_peer_connection=single_pc)
     async with (
         open_client(bridge, server, "r-sub", "alice") as alice,
-        open_client(
-            bridge, server, "r-sub", "bob", options=rtc.RoomOptions(auto_subscribe=False)
-        ) as bob,
+        open_client(bridge, server, "r-sub", "bob", options=options) as bob,
         microphone(alice) as mic,
         trio.open_nursery() as nursery,
     ):
@@ -646,3 +651,44 @@ async def test_bad_signal_messages_are_skipped_and_the_session_goes_on(
                     break
         assert response.pong_resp.last_ping_timestamp == 42
         assert "raw" in server.rooms["r-bad"].participants
+
+
+async def test_dual_connection_clients_on_the_rtc_fallback_path(
+    server: DevServer, bridge: AsyncioBridge
+) -> None:
+    """``single_peer_connection=False`` (what a client falls back to when
+    ``/rtc/v1`` is missing): publisher and subscriber connections over ``/rtc``,
+    mixed with a single-connection client."""
+    dual = rtc.RoomOptions(single_peer_connection=False)
+    async with (
+        open_client(bridge, server, "r-dual", "alice", options=dual) as alice,
+        open_client(bridge, server, "r-dual", "bob") as bob,
+        microphone(alice) as alice_mic,
+        microphone(bob) as bob_mic,
+        trio.open_nursery() as nursery,
+    ):
+        (joined,) = await alice.next("participant_connected")
+        assert joined.identity == "bob"
+        nursery.start_soon(play, alice, alice_mic, tone(440, 3.0))
+        nursery.start_soon(play, bob, bob_mic, tone(880, 3.0))
+        from_alice, _, _ = await bob.next("track_subscribed")
+        from_bob, _, _ = await alice.next("track_subscribed")
+
+        await alice.publish_data(b"from dual", topic="t")
+        await bob.publish_data(b"to dual", topic="t")
+        (packet,) = await bob.next("data_received")
+        assert (packet.data, packet.participant.identity) == (b"from dual", "alice")
+        (packet,) = await alice.next("data_received")
+        assert (packet.data, packet.participant.identity) == (b"to dual", "bob")
+
+        results: dict[str, float] = {}
+
+        async def listen(name: str, track: rtc.Track) -> None:
+            results[name] = await hear(track)
+
+        async with trio.open_nursery() as listeners:
+            listeners.start_soon(listen, "bob hears alice", from_alice)
+            listeners.start_soon(listen, "alice hears bob", from_bob)
+        nursery.cancel_scope.cancel()
+    assert abs(results["bob hears alice"] - 440) <= 5
+    assert abs(results["alice hears bob"] - 880) <= 5

@@ -6,9 +6,10 @@ Routes today:
 - WebSocket ``/agent`` -> the agent service (token with the ``agent`` grant);
 - ``POST /twirp/livekit.RoomService/*``, ``/twirp/livekit.AgentDispatchService/*``
   -> the Server API (``_twirp.py``, ``_roomservice.py``);
-- WebSocket ``/rtc/v1`` -> room signalling (``_signal.py``; token with ``roomJoin``);
-- anything else -> 404, ``/rtc`` included: the client's dual peer connection
-  fallback is not served.
+- WebSocket ``/rtc/v1`` -> room signalling, one peer connection per participant;
+  ``/rtc`` -> the same with two (publisher and subscriber), the path clients
+  fall back to (``_signal.py``; token with ``roomJoin``);
+- anything else -> 404.
 
 The order of checks follows Go: the token middleware (bad header or token -> 401),
 then the endpoint (``/agent`` without the ``agent`` grant -> 401).
@@ -22,7 +23,7 @@ import trio
 
 from ._agent_service import AgentService
 from ._auth import ERR_PERMISSION_DENIED, AuthFailure, Grants, authenticate
-from ._signal import RTC_V1_PATH, RtcService
+from ._signal import RTC_V0_PATH, RTC_V1_PATH, RtcService
 from ._state import Counters, Faults
 from ._transport import ASGIReceive, ASGISend, Scope, WebSocketTransport, http_response
 from ._twirp import TwirpServer
@@ -134,7 +135,8 @@ class DevServerApp:
             await self._reject(transport, 503, "server shutting down")
             return
         route = _route(transport.path)
-        if route != AGENT_PATH and (route != RTC_V1_PATH or self._rtc is None):
+        rtc_route = route in (RTC_V1_PATH, RTC_V0_PATH) and self._rtc is not None
+        if route != AGENT_PATH and not rtc_route:
             await self._reject(transport, 404, "404 page not found\n")
             return
         status = self._faults.reject_upgrade_status
@@ -148,8 +150,8 @@ class DevServerApp:
         except AuthFailure as failure:
             await self._reject(transport, failure.status, failure.reason)
             return
-        if route == RTC_V1_PATH and self._rtc is not None:
-            await self._serve_rtc(transport, grants, self._rtc)
+        if rtc_route and self._rtc is not None:
+            await self._serve_rtc(transport, grants, self._rtc, dual=route == RTC_V0_PATH)
             return
         if grants is None or not grants.can_register_agent:
             await self._reject(transport, 401, ERR_PERMISSION_DENIED)
@@ -159,14 +161,19 @@ class DevServerApp:
         await self._agents.serve_connection(transport, grants)
 
     async def _serve_rtc(
-        self, transport: WebSocketTransport, grants: Grants | None, rtc: RtcService
+        self,
+        transport: WebSocketTransport,
+        grants: Grants | None,
+        rtc: RtcService,
+        *,
+        dual: bool,
     ) -> None:
         try:
-            join = rtc.check_join(transport, grants)
+            join = rtc.check_join(transport, grants, dual=dual)
         except AuthFailure as failure:
             await self._reject(transport, failure.status, failure.reason)
             return
         assert grants is not None
         await transport.accept()
         self._counters.upgrades_accepted += 1
-        await rtc.serve_connection(transport, grants, join)
+        await rtc.serve_connection(transport, grants, join, dual=dual)

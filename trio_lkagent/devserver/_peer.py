@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
+import uuid
 from typing import Any
 
 import aioice.ice
@@ -36,6 +38,7 @@ from aiortc import (
     RTCDataChannel,
     RTCIceCandidate,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -43,7 +46,14 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models as models_pb
 
-__all__ = ["DataRecord", "MediaRoom", "NewTrack", "Peer", "restrict_ice_to_loopback"]
+__all__ = [
+    "DataRecord",
+    "MediaRoom",
+    "NewTrack",
+    "Peer",
+    "SubscriberPeer",
+    "restrict_ice_to_loopback",
+]
 
 logger = logging.getLogger("trio_lkagent.devserver.rtc")
 
@@ -58,6 +68,26 @@ DATA_LOG = 10_000
 
 def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return ["127.0.0.1"] if use_ipv4 else []
+
+
+def _parse_candidate(candidate_init: str) -> RTCIceCandidate | None:
+    """A trickled candidate (JSON ``RTCIceCandidateInit``); None for end-of-candidates."""
+    init: dict[str, Any] = json.loads(candidate_init)
+    text = init.get("candidate") or ""
+    if not text:
+        return None
+    candidate = candidate_from_sdp(text.removeprefix("candidate:"))
+    candidate.sdpMid = init.get("sdpMid")
+    candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+    return candidate
+
+
+def _clear_msid(sender: RTCRtpSender) -> None:
+    """Give a freed section a neutral msid. Never an empty track id: aiortc writes
+    ``a=msid:<stream> <track>`` always, and the ``livekit`` client aborts the
+    process on ``a=msid:<stream> `` (SdpParseError unwrapped in rtc_session)."""
+    sender._stream_id = str(uuid.uuid4())
+    sender._track_id = str(uuid.uuid4())
 
 
 def restrict_ice_to_loopback() -> None:
@@ -205,6 +235,9 @@ class Peer:
         self._mid_to_track: dict[str, str] = {}
         self._known_receivers: set[int] = set()
         self._connected = asyncio.Event()
+        #: The subscriber connection of a dual-connection (``/rtc``) client: data
+        #: and media to the client go there.
+        self.downstream: SubscriberPeer | None = None
         self.pc.on("connectionstatechange", self._on_state)
         self.pc.on("datachannel", self._on_channel)
 
@@ -240,6 +273,9 @@ class Peer:
 
         Kept (up to ``DATA_BACKLOG`` per channel) until the channel is open.
         """
+        if self.downstream is not None:
+            self.downstream.send_data(label, data)
+            return
         channel = self._channels.get(label)
         if channel is not None and channel.readyState == "open":
             channel.send(data)
@@ -256,13 +292,9 @@ class Peer:
     async def add_candidate(self, candidate_init: str) -> None:
         """Add a trickled ICE candidate (JSON ``RTCIceCandidateInit``); buffered until
         the first offer is in."""
-        init: dict[str, Any] = json.loads(candidate_init)
-        text = init.get("candidate") or ""
-        if not text:
+        candidate = _parse_candidate(candidate_init)
+        if candidate is None:
             return
-        candidate = candidate_from_sdp(text.removeprefix("candidate:"))
-        candidate.sdpMid = init.get("sdpMid")
-        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
         if self.pc.remoteDescription is None:
             self._pending_candidates.append(candidate)
         else:
@@ -281,7 +313,7 @@ class Peer:
             if getattr(sender, "_track_id", None) == track_sid and sender.track is not None:
                 sender.track.stop()
                 sender.replaceTrack(None)
-                sender._track_id = ""  # free the section for a later track
+                _clear_msid(sender)  # free the section for a later track
                 if transceiver.mid is not None:
                     self._mid_to_track.pop(transceiver.mid, None)
 
@@ -334,4 +366,104 @@ class Peer:
     async def close(self) -> None:
         """Close the peer connection (idempotent)."""
         self.room.remove(self)
+        await self.pc.close()
+
+
+class SubscriberPeer:
+    """The server-offered *subscriber* connection of a dual-connection (``/rtc``)
+    client, on the asyncio loop: media and data to the client.
+
+    The server makes the offers (one outstanding at a time, serialized by the
+    caller); the client answers. Construct it on the loop (``bridge.call``).
+    """
+
+    def __init__(self, room: MediaRoom) -> None:
+        self.room = room
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._channels = {
+            RELIABLE_LABEL: self.pc.createDataChannel(RELIABLE_LABEL, ordered=True),
+            LOSSY_LABEL: self.pc.createDataChannel(LOSSY_LABEL, ordered=False, maxRetransmits=0),
+        }
+        self._backlog: dict[str, collections.deque[bytes]] = {}
+        self._pending_candidates: list[RTCIceCandidate] = []
+        for label, channel in self._channels.items():
+            channel.on("open", functools.partial(self._flush, label))
+        self._senders: dict[str, RTCRtpTransceiver] = {}
+
+    def send_data(self, label: str, data: bytes) -> None:
+        """Send a serialized ``DataPacket``; kept until the channel is open."""
+        channel = self._channels[label]
+        if channel.readyState == "open":
+            channel.send(data)
+        else:
+            backlog = self._backlog.setdefault(label, collections.deque(maxlen=DATA_BACKLOG))
+            backlog.append(data)
+
+    def _flush(self, label: str) -> None:
+        channel = self._channels[label]
+        backlog = self._backlog.pop(label, None)
+        while backlog:
+            channel.send(backlog.popleft())
+
+    def add_track(self, source: MediaStreamTrack, track_sid: str, participant_sid: str) -> None:
+        """Send *source* (relayed) to the client, from the next offer on."""
+        track = self.room.relay.subscribe(source)
+        transceiver = next(
+            (
+                t
+                for t in self.pc.getTransceivers()
+                if t.kind == track.kind and t.sender.track is None and t.stopped is False
+            ),
+            None,
+        )
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        else:
+            transceiver.sender.replaceTrack(track)
+            transceiver.direction = "sendonly"
+        transceiver.sender._stream_id = f"{participant_sid}|{track_sid}"
+        transceiver.sender._track_id = track_sid
+        self._senders[track_sid] = transceiver
+
+    def remove_track(self, track_sid: str) -> bool:
+        """Stop sending *track_sid*; its section goes inactive at the next offer.
+
+        Returns:
+            Whether it was being sent.
+        """
+        transceiver = self._senders.pop(track_sid, None)
+        if transceiver is None:
+            return False
+        if transceiver.sender.track is not None:
+            transceiver.sender.track.stop()
+        transceiver.sender.replaceTrack(None)
+        transceiver.direction = "inactive"
+        _clear_msid(transceiver.sender)
+        return True
+
+    async def offer(self) -> str:
+        """Make an offer (with every track to send) and return its SDP."""
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        return str(self.pc.localDescription.sdp)
+
+    async def set_answer(self, sdp: str) -> None:
+        """Take the client's answer to the last offer."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        for candidate in self._pending_candidates:
+            await self.pc.addIceCandidate(candidate)
+        self._pending_candidates.clear()
+
+    async def add_candidate(self, candidate_init: str) -> None:
+        """Add a trickled ICE candidate (buffered until the first answer is in)."""
+        candidate = _parse_candidate(candidate_init)
+        if candidate is None:
+            return
+        if self.pc.remoteDescription is None:
+            self._pending_candidates.append(candidate)
+        else:
+            await self.pc.addIceCandidate(candidate)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
         await self.pc.close()

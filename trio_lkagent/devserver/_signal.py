@@ -16,8 +16,12 @@ needs, and what is done:
 - Data packets are relayed on the asyncio loop (``MediaRoom.relay_data``).
 - Other participants get ``ParticipantUpdate`` on join, publish, unpublish,
   metadata changes and leave; the room registry's agent-dispatch hooks are called.
-- Not done: the dual peer connection path (``/rtc`` answers 404), selective
-  subscription, video, reconnect/resume.
+- ``/rtc`` (the dual-connection path a client falls back to, or asks for with
+  ``single_peer_connection=False``): the client's publisher connection is
+  answered as above; media and data to the client go on a server-offered
+  *subscriber* connection (``SubscriberPeer``), renegotiated (one offer at a
+  time) when subscriptions change.
+- Not done: simulcast, reconnect/resume.
 """
 
 from __future__ import annotations
@@ -39,15 +43,19 @@ from livekit.protocol import rtc as rtc_pb
 from .._bridge import AsyncioBridge, open_bridge
 from ._auth import ERR_PERMISSION_DENIED, AuthFailure, Grants
 from ._ids import new_guid
-from ._peer import DataRecord, MediaRoom, Peer, restrict_ice_to_loopback
+from ._peer import DataRecord, MediaRoom, Peer, SubscriberPeer, restrict_ice_to_loopback
 from ._rooms import RoomRegistry
 from ._transport import WebSocketTransport
 
-__all__ = ["RTC_V1_PATH", "RtcService", "parse_join_request"]
+__all__ = ["RTC_V0_PATH", "RTC_V1_PATH", "RtcService", "parse_join_request"]
 
 logger = logging.getLogger("trio_lkagent.devserver.rtc")
 
 RTC_V1_PATH = "/rtc/v1"
+#: The dual peer connection path (clients fall back to it when ``/rtc/v1`` is 404).
+RTC_V0_PATH = "/rtc"
+#: Bound on a client's answer to a subscriber offer (dual connection).
+ANSWER_TIMEOUT = 10.0
 PARTICIPANT_PREFIX = "PA_"
 TRACK_PREFIX = "TR_"
 #: Signal messages queued for one client before it counts as too slow and is dropped.
@@ -139,6 +147,11 @@ class _Session:
         self.subscribed: set[str] = set()
         #: ``auto_subscribe`` of its join request: new tracks are sent at once.
         self.auto_subscribe = True
+        #: The subscriber connection of a dual-connection (``/rtc``) client.
+        self.subscriber: SubscriberPeer | None = None
+        self._negotiating = trio.Lock()
+        self._answered: trio.Event | None = None
+        self._offer_id = 0
         self.done = trio.Event()
         #: Set when the server ends the session: sent to the client in a ``leave``.
         self.leave_reason: models_pb.DisconnectReason | None = None
@@ -174,10 +187,54 @@ class _Session:
         """Stop sending track *sid* to this client."""
         if sid in self.subscribed:
             self.subscribed.discard(sid)
-            self.bridge.loop.call_soon_threadsafe(self.peer.stop_track, sid)
+            if self.subscriber is None:
+                self.bridge.loop.call_soon_threadsafe(self.peer.stop_track, sid)
+            elif self.nursery is not None:
+                self.nursery.start_soon(self._unsubscribe_dual, sid)
+
+    async def _unsubscribe_dual(self, sid: str) -> None:
+        assert self.subscriber is not None
+        if await self.bridge.call(self.subscriber.remove_track, sid):
+            await self.negotiate()
+
+    async def negotiate(self) -> None:
+        """(Dual connection) offer the subscriber connection as it is now, and wait
+        for the client's answer; one offer outstanding at a time."""
+        assert self.subscriber is not None
+        async with self._negotiating:
+            sdp = await self.bridge.run(self.subscriber.offer)
+            self._offer_id += 1
+            self._answered = trio.Event()
+            self.send(
+                rtc_pb.SignalResponse(
+                    offer=rtc_pb.SessionDescription(type="offer", sdp=sdp, id=self._offer_id)
+                )
+            )
+            with trio.move_on_after(ANSWER_TIMEOUT) as scope:
+                await self._answered.wait()
+            if scope.cancelled_caught:
+                logger.warning("%s did not answer the subscriber offer", self.identity)
+
+    async def on_answer(self, answer: rtc_pb.SessionDescription) -> None:
+        """(Dual connection) the client answered the subscriber offer."""
+        if self.subscriber is None:
+            logger.info("%s sent an answer without an offer", self.identity)
+            return
+        await self.bridge.run(self.subscriber.set_answer, answer.sdp)
+        if self._answered is not None:
+            self._answered.set()
 
     async def _subscribe(self, publication: _Publication) -> None:
         info = publication.info
+        if self.subscriber is not None:
+            await self.bridge.call(
+                self.subscriber.add_track,
+                publication.track,
+                info.sid,
+                publication.publisher.info.sid,
+            )
+            await self.negotiate()
+            return
         await self.bridge.call(
             self.peer.send_track, publication.track, info.sid, publication.publisher.info.sid
         )
@@ -268,8 +325,13 @@ class RtcService:
     # -- the upgrade ---------------------------------------------------------------
 
     @staticmethod
-    def check_join(transport: WebSocketTransport, grants: Grants | None) -> rtc_pb.JoinRequest:
+    def check_join(
+        transport: WebSocketTransport, grants: Grants | None, *, dual: bool = False
+    ) -> rtc_pb.JoinRequest:
         """Check the token's grants and decode the join request, before the upgrade.
+
+        The dual-connection path (``/rtc``) has no join request: its settings
+        come from query parameters (``auto_subscribe``).
 
         Raises:
             AuthFailure: no token, no ``roomJoin`` grant, no room or identity
@@ -280,12 +342,22 @@ class RtcService:
             raise AuthFailure(ERR_PERMISSION_DENIED)
         if not grants.claims.identity:
             raise AuthFailure("identity cannot be empty")
+        if dual:
+            auto = transport.query("auto_subscribe")
+            settings = rtc_pb.ConnectionSettings(auto_subscribe=auto not in ("0", "false"))
+            return rtc_pb.JoinRequest(connection_settings=settings)
         return parse_join_request(transport.query("join_request"))
 
     async def serve_connection(
-        self, transport: WebSocketTransport, grants: Grants, join: rtc_pb.JoinRequest
+        self,
+        transport: WebSocketTransport,
+        grants: Grants,
+        join: rtc_pb.JoinRequest,
+        *,
+        dual: bool = False,
     ) -> None:
-        """Serve one accepted ``/rtc/v1`` WebSocket until the participant leaves."""
+        """Serve one accepted ``/rtc/v1`` (or, *dual*, ``/rtc``) WebSocket until the
+        participant leaves."""
         claims = grants.claims
         video = claims.video
         assert video is not None
@@ -318,10 +390,15 @@ class RtcService:
         info.attributes.update(claims.attributes or {})
         peer = await bridge.call(Peer, room.media, info.identity, info.sid)
         forget_peer = bridge.add_cleanup(peer.close)
+        subscriber: SubscriberPeer | None = None
+        if dual:
+            subscriber = peer.downstream = await bridge.call(SubscriberPeer, room.media)
+            forget_subscriber = bridge.add_cleanup(subscriber.close)
         send, receive = trio.open_memory_channel[rtc_pb.SignalResponse](OUTBOX_SIZE)
         session = _Session(
             room=room, info=info, peer=peer, bridge=bridge, transport=transport, outbox=send
         )
+        session.subscriber = subscriber
         self._sessions.add(session)
         try:
             with session.scope:
@@ -337,6 +414,9 @@ class RtcService:
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await bridge.run(peer.close)
                     forget_peer()
+                    if subscriber is not None:
+                        await bridge.run(subscriber.close)
+                        forget_subscriber()
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self._send_leave(session)
                     await transport.close(1000)
@@ -383,7 +463,7 @@ class RtcService:
                     other_participants=others,
                     server_version=self._server_info.version,
                     server_info=self._server_info,
-                    subscriber_primary=False,
+                    subscriber_primary=session.subscriber is not None,
                     ping_interval=PING_INTERVAL,
                     ping_timeout=PING_TIMEOUT,
                 )
@@ -394,6 +474,10 @@ class RtcService:
         self._registry.on_participant_joined(room.name, session.info)
         if join.HasField("publisher_offer"):
             await self._on_offer(session, join.publisher_offer)
+        if session.subscriber is not None and session.nursery is not None:
+            # The subscriber connection is the primary one: offer it at once (its
+            # data channels carry data to the client).
+            session.nursery.start_soon(session.negotiate)
         if session.auto_subscribe:
             for publication in list(room.publications()):
                 session.subscribe(publication)
@@ -440,6 +524,8 @@ class RtcService:
 
     async def _handle(self, session: _Session, request: rtc_pb.SignalRequest) -> bool:
         which = request.WhichOneof("message")
+        if which not in ("ping", "ping_req"):
+            logger.debug("signal from %s: %s", session.identity, which)
         if which == "ping_req":
             session.send(
                 rtc_pb.SignalResponse(
@@ -454,7 +540,13 @@ class RtcService:
         elif which == "offer":
             await self._on_offer(session, request.offer)
         elif which == "trickle":
-            await session.bridge.run(session.peer.add_candidate, request.trickle.candidateInit)
+            trickle = request.trickle
+            if trickle.target == rtc_pb.SUBSCRIBER and session.subscriber is not None:
+                await session.bridge.run(session.subscriber.add_candidate, trickle.candidateInit)
+            else:
+                await session.bridge.run(session.peer.add_candidate, trickle.candidateInit)
+        elif which == "answer":
+            await session.on_answer(request.answer)
         elif which == "add_track":
             self._on_add_track(session, request.add_track)
         elif which == "mute":
@@ -489,6 +581,12 @@ class RtcService:
 
     async def _on_offer(self, session: _Session, offer: rtc_pb.SessionDescription) -> None:
         answer = await session.bridge.run(session.peer.answer, offer.sdp)
+        logger.debug(
+            "answered %s: new tracks %s, sending %s",
+            session.identity,
+            [(t.kind, t.mid) for t in answer.new_tracks],
+            sorted(answer.sending_mids),
+        )
         session.send(
             rtc_pb.SignalResponse(
                 answer=rtc_pb.SessionDescription(
