@@ -35,6 +35,8 @@ from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
+from ._auth import quiet_short_keys
+
 __all__ = [
     "AGENT_NAME_ATTRIBUTE",
     "AGENT_TOKEN_TTL",
@@ -373,4 +375,5 @@ def build_agent_token(
             "exp": calendar.timegm((issued + AGENT_TOKEN_TTL).utctimetuple()),
         }
     )
-    return jwt.encode(claims, api_secret, algorithm="HS256")
+    with quiet_short_keys():
+        return jwt.encode(claims, api_secret, algorithm="HS256")

@@ -22,6 +22,7 @@ from .._room import AutoSubscribe, Room, open_room
 from . import _dispatch as rules
 from ._agent_service import AgentService, ServerJob, ServerWorker
 from ._asgi import AGENT_PATH, DevServerApp
+from ._auth import quiet_short_keys
 from ._config import DevServerConfig
 from ._ids import NODE_PREFIX, new_guid
 from ._peer import DataRecord
@@ -301,7 +302,8 @@ class DevServer:
             token = token.with_attributes(dict(attributes))
         if kind is not None:
             token = token.with_kind(kind)  # type: ignore[arg-type]
-        return token.to_jwt()
+        with quiet_short_keys():
+            return token.to_jwt()
 
     @asynccontextmanager
     async def open_participant(
