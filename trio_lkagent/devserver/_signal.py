@@ -31,7 +31,8 @@ import binascii
 import gzip
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -181,7 +182,18 @@ class _Session:
         sid = publication.info.sid
         if self.nursery is not None and sid not in self.subscribed:
             self.subscribed.add(sid)
-            self.nursery.start_soon(self._subscribe, publication)
+            self.nursery.start_soon(self.guarded, self._subscribe, publication)
+
+    async def guarded(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a background step of this session; if it fails (a peer that is
+        closing, an SDP aiortc refuses, ...), this session ends, nobody else's."""
+        try:
+            await fn(*args)
+        except Exception as exc:
+            logger.warning(
+                "%s failed for %s, disconnecting it: %r", fn.__name__, self.identity, exc
+            )
+            self.scope.cancel()
 
     def unsubscribe(self, sid: str) -> None:
         """Stop sending track *sid* to this client."""
@@ -190,7 +202,7 @@ class _Session:
             if self.subscriber is None:
                 self.bridge.loop.call_soon_threadsafe(self.peer.stop_track, sid)
             elif self.nursery is not None:
-                self.nursery.start_soon(self._unsubscribe_dual, sid)
+                self.nursery.start_soon(self.guarded, self._unsubscribe_dual, sid)
 
     async def _unsubscribe_dual(self, sid: str) -> None:
         assert self.subscriber is not None
@@ -454,7 +466,10 @@ class RtcService:
         others = [s.info for s in room.sessions.values()]
         room.sessions[session.identity] = session
         room.room.num_participants = len(room.sessions)
-        await session.bridge.call(room.media.add, session.peer)
+        # No checkpoint between taking the snapshot of the others, registering this
+        # session and queueing its JoinResponse: another participant's broadcast must
+        # not reach this client before its JoinResponse (the client drops it, and
+        # never learns about that participant).
         session.send(
             rtc_pb.SignalResponse(
                 join=rtc_pb.JoinResponse(
@@ -472,12 +487,13 @@ class RtcService:
         logger.info("%s joined room %s", session.identity, room.name)
         self._broadcast(room, session.info, skip=session)
         self._registry.on_participant_joined(room.name, session.info)
+        await session.bridge.call(room.media.add, session.peer)
         if join.HasField("publisher_offer"):
             await self._on_offer(session, join.publisher_offer)
         if session.subscriber is not None and session.nursery is not None:
             # The subscriber connection is the primary one: offer it at once (its
             # data channels carry data to the client).
-            session.nursery.start_soon(session.negotiate)
+            session.nursery.start_soon(session.guarded, session.negotiate)
         if session.auto_subscribe:
             for publication in list(room.publications()):
                 session.subscribe(publication)
@@ -519,7 +535,19 @@ class RtcService:
             except DecodeError:
                 logger.info("undecodable signal request from %s", session.identity)
                 continue
-            if not await self._handle(session, request):
+            try:
+                keep_going = await self._handle(session, request)
+            except Exception as exc:
+                # An offer on a peer that is closing, an SDP aiortc cannot take, ...:
+                # this participant's session ends; everyone else goes on.
+                logger.warning(
+                    "signal %s from %s failed, disconnecting it: %r",
+                    request.WhichOneof("message"),
+                    session.identity,
+                    exc,
+                )
+                return
+            if not keep_going:
                 return
 
     async def _handle(self, session: _Session, request: rtc_pb.SignalRequest) -> bool:
