@@ -601,9 +601,7 @@ async def test_a_termination_records_gos_outcome_at_once(server: DevServer) -> N
         assert job.job.state.ended_at
         ignored = server.statistics().ignored_messages
         await worker.report(job_id, agent_pb.JS_SUCCESS)  # too late: ignored, as in Go
-        await server._changes.wait_for(  # noqa: SLF001
-            lambda: server.statistics().ignored_messages > ignored or None
-        )
+        await server.wait_until(lambda: server.statistics().ignored_messages > ignored or None)
         assert job.status == agent_pb.JS_FAILED
         assert job.status_history[-1] == agent_pb.JS_FAILED
 

@@ -496,7 +496,7 @@ async def test_automatic_dispatch_follows_real_joins_and_publications(
             )
             assert not any(j.job.type == agent_pb.JT_PUBLISHER for j in server.jobs.values())
             async with microphone(alice):
-                await server._changes.wait_for(
+                await server.wait_until(
                     lambda: (
                         any(j.job.type == agent_pb.JT_PUBLISHER for j in server.jobs.values())
                         or None
@@ -533,7 +533,7 @@ async def test_an_agent_leaving_its_room_fails_its_job(
         assert agent.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
         job = await server.wait_for_job(room="r-leave")
         with trio.fail_after(SAFETY_TIMEOUT):
-            await server._changes.wait_for(
+            await server.wait_until(
                 lambda: job.status in (agent_pb.JS_FAILED, agent_pb.JS_SUCCESS) or None
             )
         assert job.status == agent_pb.JS_FAILED

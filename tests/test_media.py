@@ -463,8 +463,10 @@ async def test_video_loop_delivers_numpy_frames(
         ):
             # libwebrtc may hand a reader a black frame of the track's size before
             # the first one written: skip those (a few at most), then check.
-            for written in range(1, 6):
+            written = 0
+            while written < 5:
                 await video.write(pixels)
+                written += 1
                 frame = await frames.receive()
                 if check(frame).max() > 0:
                     break

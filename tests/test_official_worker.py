@@ -117,9 +117,7 @@ async def test_termination_reaches_it(server: DevServer, tmp_path: Path) -> None
         with trio.fail_after(STEP):
             job = await server.wait_for_job(room="terminated", status=agent_pb.JS_RUNNING)
             # The worker's own JS_RUNNING report (the server's state says RUNNING at assignment).
-            await server._changes.wait_for(
-                lambda: (agent_pb.JS_RUNNING in job.status_history) or None
-            )
+            await server.wait_until(lambda: (agent_pb.JS_RUNNING in job.status_history) or None)
         await call_api(
             server,
             lambda api: api.agent_dispatch.delete_dispatch(dispatch.id, "terminated"),

@@ -9,18 +9,25 @@ The whole public surface is re-exported here::
 
     trio.run(Worker(entrypoint, WorkerOptions(agent_name="x")).serve)
 
-The local LiveKit server lives in :mod:`trio_lkagent.devserver`.
+The local LiveKit server lives in :mod:`trio_lkagent.devserver`; the
+``trio-lkagent`` command line (``start``, ``dev``, ``devserver``, ``dispatch``)
+runs workers as services (``docs/cli.md``).
 """
 
+from ._config import ServiceConfig as ServiceConfig
+from ._config import load_config_from_env as load_config_from_env
+from ._config import validate_config as validate_config
 from ._exceptions import AsyncioCancelledError as AsyncioCancelledError
 from ._exceptions import AuthenticationError as AuthenticationError
 from ._exceptions import ConfigurationError as ConfigurationError
 from ._exceptions import ConnectError as ConnectError
 from ._exceptions import LKAgentError as LKAgentError
 from ._exceptions import ProtocolError as ProtocolError
+from ._health import serve_health as serve_health
 from ._job import AcceptInfo as AcceptInfo
 from ._job import JobContext as JobContext
 from ._job import JobRequest as JobRequest
+from ._logging import JobLogFilter as JobLogFilter
 from ._media import AudioFrame as AudioFrame
 from ._media import AudioProcessor as AudioProcessor
 from ._media import VideoFormat as VideoFormat

@@ -153,6 +153,8 @@ class JobContext:
         self._shutdown_reason: str | None = None
         self._callbacks: list[ShutdownCallback] = []
         self._room: Room | None = None
+        #: Room events dropped for slow consumers in rooms this job has left.
+        self._events_dropped = 0
 
     @property
     def job(self) -> agent_pb.Job:
@@ -262,6 +264,7 @@ class JobContext:
             try:
                 yield room
             finally:
+                self._events_dropped += room.statistics().events_dropped
                 self._room = None
 
     async def wait_for_participant(
@@ -324,6 +327,11 @@ class JobContext:
         this is ``trio.sleep``, kept for code ported from them.
         """
         await trio.sleep(seconds)
+
+    def _events_dropped_now(self) -> int:
+        """Room events dropped so far, in the room joined now and those left."""
+        room = self._room
+        return self._events_dropped + (room.statistics().events_dropped if room else 0)
 
     async def _run_shutdown_callbacks(self, grace: float) -> None:
         if not self._callbacks:

@@ -37,12 +37,15 @@ from livekit.protocol import agent as agent_pb
 from ._exceptions import AuthenticationError, ConnectError, LKAgentError, ProtocolError
 from ._job import AcceptInfo, JobContext, JobRequest
 from ._jobstate import Decline, InvalidTransition, JobStateMachine, Outcome
+from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
+from ._telemetry import WorkerObserver, default_observers
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
 logger = logging.getLogger("trio_lkagent.worker")
+ws_logger = logging.getLogger(WS_LOGGER)
 
 #: ``async def entrypoint(ctx: JobContext) -> None``: one call per job.
 Entrypoint = Callable[[JobContext], Awaitable[None]]
@@ -71,6 +74,8 @@ class WorkerStatistics:
     ping_rtt: float | None
     #: Running job id -> room name.
     jobs: dict[str, str]
+    #: Room events dropped for slow consumers in the jobs' rooms (``ctx.connect``).
+    room_events_dropped: int = 0
 
 
 class _ConnectionLost(Exception):
@@ -107,6 +112,7 @@ class Worker:
         self._options = options if options is not None else WorkerOptions()
         self._request_handler = request_handler
         self._rng = random.Random()
+        self._observers: list[WorkerObserver] = default_observers()
         self._reset()
 
     def _reset(self) -> None:
@@ -137,6 +143,7 @@ class Worker:
         self._ping_rtt: float | None = None
         self._reconnects = 0
         self._started = self._succeeded = self._failed = self._declined = 0
+        self._room_events_dropped = 0
 
     # -- public API ------------------------------------------------------------
 
@@ -155,7 +162,7 @@ class Worker:
         state = self._state
         if self._stopped:
             status = "stopped"
-        elif state.draining:
+        elif state.draining or self._drain_requested.is_set():
             status = "draining"
         elif self._ws is None:
             status = "connecting"
@@ -176,6 +183,8 @@ class Worker:
             reconnects=self._reconnects,
             ping_rtt=self._ping_rtt,
             jobs=dict(self._job_rooms),
+            room_events_dropped=self._room_events_dropped
+            + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
         )
 
     def drain(self) -> None:
@@ -214,6 +223,7 @@ class Worker:
         if self._stopped:
             self._reset()
         self._serving = True
+        log_token = bind_worker(self)
         try:
             async with trio.open_nursery() as root:
                 try:
@@ -231,6 +241,8 @@ class Worker:
             self._serving = False
             self._stopped = True
             self._ws = None
+            unbind_worker(log_token)
+            self._observe(lambda o: o.stopped())
 
     # -- draining ----------------------------------------------------------------
 
@@ -273,6 +285,7 @@ class Worker:
             def on_registered(worker_id: str) -> None:
                 nonlocal started, registered_at
                 registered_at = trio.current_time()
+                self._observe(lambda o: o.registered(worker_id))
                 if not started:
                     started = True
                     task_status.started(worker_id)
@@ -397,6 +410,7 @@ class Worker:
                 self._ws = None
                 for job_id in self._state.connection_lost():
                     logger.debug("reservation for job %s released: connection lost", job_id)
+                    self._released(job_id, "connection lost")
                 self._notify()
                 # An effective deadline of -inf means we are being cancelled.
                 cancelled = trio.current_effective_deadline() == -math.inf
@@ -465,12 +479,12 @@ class Worker:
             logger.warning("ignoring a frame from the server: %s", exc)
             return None
         if self._options.websocket_debug:
-            logger.debug("<- %s", _redacted(message))
+            ws_logger.debug("<- %s", _redacted(message))
         return message
 
     async def _send(self, ws: trio_websocket.WebSocketConnection, message: Any) -> None:
         if self._options.websocket_debug:
-            logger.debug("-> %s", _redacted(message))
+            ws_logger.debug("-> %s", _redacted(message))
         await ws.send_message(encode(message, self._options.wire_format))
 
     # -- the reader: dispatching server messages ---------------------------------
@@ -508,8 +522,13 @@ class Worker:
     ) -> None:
         job = request.job
         decline = self._state.request(job.id, trio.current_time())
+        if decline is not Decline.DUPLICATE:
+            self._observe(lambda o: o.job_requested(job))
         if decline is not None:
             self._declined += 1
+            if decline is not Decline.DUPLICATE:
+                reason = decline.value
+                self._observe(lambda o: o.job_answered(job.id, False, reason))
             logger.info("declining job %s: %s", job.id, decline.value)
             if decline is not Decline.DUPLICATE:
                 await self._send_availability(ws, job.id, None)
@@ -525,6 +544,7 @@ class Worker:
 
     async def _handle_request(self, job: agent_pb.Job) -> None:
         assert self._request_handler is not None
+        bind_job(job.id, job.room.name, self._worker_id or "")
         request = JobRequest(job, self)
         scope = trio.CancelScope(deadline=trio.current_time() + self._options.request_timeout)
         self._handler_scopes[job.id] = scope
@@ -567,6 +587,9 @@ class Worker:
                 pass
             self._declined += 1
             self._notify()
+        self._observe(
+            lambda o: o.job_answered(job.id, accept is not None, "" if accept else "rejected")
+        )
         ws = self._ws
         if ws is None:
             return  # the server forgot the request with the connection
@@ -602,6 +625,7 @@ class Worker:
         except InvalidTransition as exc:
             logger.warning("ignoring %s", exc)
             return
+        self._observe(lambda o: o.job_assigned(job))
         accept = self._accepted.pop(job.id, None) or AcceptInfo(identity=f"agent-{job.id}")
         ctx = JobContext(
             job=job,
@@ -629,6 +653,7 @@ class Worker:
             self._jobs[job_id].shutdown("terminated by the server")
         else:
             self._accepted.pop(job_id, None)
+            self._released(job_id, "terminated before assignment")
             self._notify()
 
     # -- jobs -----------------------------------------------------------------------
@@ -636,6 +661,8 @@ class Worker:
     async def _run_job(self, ctx: JobContext) -> None:
         job_id = ctx.job_id
         outcome, error = Outcome.CANCELLED, ""
+        bind_job(job_id, ctx.room_name, ctx.worker_id)
+        self._observe(lambda o: o.job_started(ctx))
         try:
             with ctx.cancel_scope:
                 try:
@@ -655,12 +682,41 @@ class Worker:
         finally:
             del self._jobs[job_id]
             del self._job_rooms[job_id]
+            self._room_events_dropped += ctx._events_dropped
             self._state.finish(job_id, outcome, error)
             if outcome is Outcome.FAILED:
                 self._failed += 1
             else:
                 self._succeeded += 1
             self._notify()
+            self._observe(lambda o: o.job_ended(ctx, outcome.value, error))
+
+    # -- observers --------------------------------------------------------------------
+
+    def _add_observer(self, observer: WorkerObserver) -> None:
+        """Report job lifecycle points to *observer* too (metrics, tracing)."""
+        self._observers.append(observer)
+
+    def _remove_observer(self, observer: WorkerObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _observe(self, call: Callable[[WorkerObserver], None]) -> None:
+        for observer in self._observers:
+            try:
+                call(observer)
+            except Exception:
+                logger.exception("worker observer %r failed", observer)
+
+    def _released(self, job_id: str, reason: str) -> None:
+        self._observe(lambda o: o.job_released(job_id, reason))
+
+    def _set_options(self, options: WorkerOptions) -> None:
+        """Replace the options of a worker that is not serving (the CLI's overrides)."""
+        if self._serving:
+            raise RuntimeError("cannot change the options of a serving worker")
+        self._options = options
+        self._reset()
 
     # -- background tasks of a session ---------------------------------------------
 
@@ -719,6 +775,7 @@ class Worker:
             expired = state.expire(trio.current_time())
             for job_id in expired:
                 self._accepted.pop(job_id, None)
+                self._released(job_id, "expired")
                 logger.warning(
                     "job %s: not answered or assigned in time (request_timeout %.1f s,"
                     " assignment_timeout %.1f s): slot released",

@@ -1,0 +1,341 @@
+"""``trio-lkagent dev``: an agent, a local server and a simulated caller in one process.
+
+Task tree::
+
+    run_dev()
+    '- open_devserver()              the in-package LiveKit server
+       '- nursery
+          |- _on_signals             first Ctrl-C: end the session; second: stop now
+          |- serve_health
+          |- worker.serve()
+          '- the session             (its own cancel scope)
+             '- open_room()          the simulated participant "dev-user"
+                |- _report           what it sees: the agent joining, its tracks, data
+                |- _play_tone        a 440 Hz tone as a microphone track
+                '- _chat             a few data messages once the agent is there
+
+After the session: the room is deleted (the server terminates the job), the
+job's final status is printed, the worker drains, the server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import attrs
+import numpy as np
+import trio
+from livekit import rtc
+from livekit.protocol import agent as agent_pb
+from livekit.protocol import agent_dispatch as dispatch_pb
+
+from ._config import ServiceConfig
+from ._events import (
+    DataReceived,
+    ParticipantConnected,
+    ParticipantDisconnected,
+    RoomEvent,
+    TrackPublished,
+    TrackSubscribed,
+)
+from ._health import serve_health
+from ._job import JobContext
+from ._options import JobType
+from ._room import AutoSubscribe, Room, open_room
+from ._service import Say, say
+from ._telemetry import WorkerObserver
+from ._tracks import open_audio_stream
+from ._worker import Worker
+from .devserver import DevServer, JobEndedError, open_devserver
+
+__all__ = ["DevSettings", "run_dev"]
+
+IDENTITY = "dev-user"
+RATE = 48_000
+TONE_HZ = 440.0
+MESSAGES = ("hello", "how are you?", "bye")
+#: Bound on waiting for a terminated job to end (worker and server side).
+TEARDOWN_TIMEOUT = 10.0
+_AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+
+
+@attrs.frozen
+class DevSettings:
+    """The ``dev`` command's own settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    room: str = "dev-room"
+    #: Seconds the participant stays once joined; None: until Ctrl-C.
+    duration: float | None = None
+
+
+def _kind(kind: int) -> str:
+    return rtc.TrackKind.Name(kind).removeprefix("KIND_").lower()  # type: ignore[arg-type]
+
+
+def _level_dbfs(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64)))))
+    return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
+
+
+async def _hear(track: rtc.RemoteTrack, who: str, say: Say) -> None:
+    """Report once how loud *who*'s audio track is: half a second of it from the
+    moment sound starts, or that it stayed silent for its first 3 seconds."""
+    frames: list[np.ndarray] = []
+    silent = 0
+    async with open_audio_stream(track, sample_rate=RATE) as stream:
+        async for frame in stream:
+            if not frames and int(np.abs(frame.samples).max(initial=0)) < 64:
+                silent += 1
+                if silent == 300:
+                    say(f"dev-user hears only silence from {who} (3 s)")
+                    return
+                continue
+            frames.append(frame.samples.copy())
+            if len(frames) == 50:
+                break
+    if frames:
+        level = _level_dbfs(np.concatenate(frames))
+        say(f"dev-user hears {who}'s audio at {level:.1f} dBFS")
+
+
+async def _report(
+    room: Room, events: trio.MemoryReceiveChannel[RoomEvent], say: Say, nursery: trio.Nursery
+) -> None:
+    """Print what the participant sees the others do."""
+    seen: set[str] = set()
+
+    def joined(identity: str, kind: int) -> None:
+        if identity not in seen:
+            seen.add(identity)
+            what = "agent" if kind == _AGENT else "participant"
+            say(f"{what} {identity!r} is in the room")
+
+    for participant in room.remote_participants.values():
+        joined(participant.identity, participant.kind)
+    async for event in events:
+        match event:
+            case ParticipantConnected(identity=who, info=info):
+                joined(who, info.kind)
+            case ParticipantDisconnected(identity=who):
+                seen.discard(who)
+                say(f"{who!r} left the room")
+            case TrackPublished(identity=who, track=track):
+                say(f"{who} published track {track.name!r} ({_kind(track.kind)})")
+            case TrackSubscribed(identity=who, track=track, rtc_track=rtc_track):
+                if track.kind == rtc.TrackKind.KIND_AUDIO:
+                    nursery.start_soon(_hear, rtc_track, who, say)
+            case DataReceived(identity=who, payload=payload, topic=topic):
+                text = payload.decode("utf-8", "replace")
+                say(f"{who or 'server'} -> dev-user [{topic or '-'}]: {text}")
+            case _:
+                pass
+
+
+async def _play_tone(room: Room, say: Say) -> None:
+    """Publish a microphone track playing a steady tone (real time, paced by the source)."""
+    chunk = RATE // 10
+    phase = 0
+    async with room.publish_audio(sample_rate=RATE, name="tone") as out:
+        say(f"dev-user publishes a {TONE_HZ:g} Hz tone")
+        while True:
+            t = (np.arange(chunk) + phase) / RATE
+            await out.write((np.sin(2 * np.pi * TONE_HZ * t) * 8_000).astype(np.int16))
+            phase += chunk
+
+
+async def _chat(room: Room, say: Say) -> None:
+    """Once an agent is in the room, send it a few data messages, one a second."""
+    agent = await room.wait_for_participant(kind=_AGENT)
+    await trio.sleep(0.5)  # let the agent's entrypoint subscribe to its room's events
+    for text in MESSAGES:
+        say(f"dev-user -> {agent.identity} [chat]: {text}")
+        await room.publish_data(text, topic="chat")
+        await trio.sleep(1.0)
+
+
+async def _wait_running(server: DevServer, room: str, say: Say) -> str | None:
+    try:
+        job = await server.wait_for_job(room=room, status=agent_pb.JS_RUNNING)
+    except JobEndedError as exc:
+        say(f"job {exc.job.id} ended without running: {exc}")
+        return None
+    say(f"job {job.id} dispatched to worker {job.worker_id}: running")
+    return job.id
+
+
+async def _unless(stop: trio.Event, fn: Callable[[], Awaitable[object]]) -> None:
+    """Run *fn*; cancel it if *stop* is set first."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await fn()
+        nursery.cancel_scope.cancel()
+
+
+async def _session(
+    server: DevServer, worker: Worker, dev: DevSettings, stop: trio.Event, say: Say
+) -> None:
+    """Create the room, join it, run the activity until *stop* or the duration, end the job."""
+    watcher = _JobWatcher()
+    worker._add_observer(watcher)
+    agent_name = worker.options.agent_name
+    agents = [dispatch_pb.RoomAgentDispatch(agent_name=agent_name)] if agent_name else None
+    await server.create_room(dev.room, agents=agents)
+    how = f"a dispatch for agent {agent_name!r}" if agent_name else "automatic dispatch"
+    say(f"room {dev.room!r} created with {how}")
+    room_job = worker.options.job_type is JobType.ROOM
+    if room_job:
+        await _unless(stop, partial(_wait_running, server, dev.room, say))
+    if stop.is_set():
+        await _end_jobs(server, watcher, dev.room, say)
+        return
+    token = server.create_participant_token(dev.room, IDENTITY, name="Dev user")
+    async with open_room(server.url, token, auto_subscribe=AutoSubscribe.SUBSCRIBE_ALL) as room:
+        events = room.events()
+        say(f"participant {IDENTITY!r} joined room {dev.room!r}")
+
+        async def activity() -> None:
+            async with trio.open_nursery() as nursery:
+                if not room_job:
+                    nursery.start_soon(_wait_running, server, dev.room, say)
+                nursery.start_soon(_report, room, events, say, nursery)
+                nursery.start_soon(_play_tone, room, say)
+                nursery.start_soon(_chat, room, say)
+                if dev.duration is not None:
+                    await trio.sleep(dev.duration)
+                    nursery.cancel_scope.cancel()
+
+        await _unless(stop, activity)
+        # End the job while the participant is still there: deleting the room
+        # terminates it, as an operator would.
+        await _end_jobs(server, watcher, dev.room, say)
+    say(f"participant {IDENTITY!r} left")
+    with contextlib.suppress(KeyError):  # closed already
+        await server.delete_room(dev.room)
+
+
+class _JobWatcher(WorkerObserver):
+    """Knows when the worker itself is done with a job (entrypoint and room left)."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, trio.Event] = {}
+
+    def job_started(self, ctx: JobContext) -> None:
+        self._running[ctx.job_id] = trio.Event()
+
+    def job_ended(self, ctx: JobContext, outcome: str, error: str) -> None:
+        self._running.pop(ctx.job_id, trio.Event()).set()
+
+    async def wait_ended(self, job_id: str) -> None:
+        event = self._running.get(job_id)
+        if event is not None:
+            await event.wait()
+
+
+async def _end_jobs(server: DevServer, watcher: _JobWatcher, room: str, say: Say) -> None:
+    """Terminate *room*'s running jobs (as an operator would), wait until the worker
+    is done with them and print how each ended."""
+    jobs = [j for j in server.jobs.values() if j.room_name == room]
+    for job in jobs:
+        if not job.ended:
+            try:
+                await server.terminate_job(job.id)
+                say(f"job {job.id}: termination requested")
+            except KeyError:
+                pass  # ended meanwhile, or its worker is gone
+    for job in jobs:
+        with trio.move_on_after(TEARDOWN_TIMEOUT):
+            await watcher.wait_ended(job.id)
+            await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)  # any end will do
+        status = agent_pb.JobStatus.Name(job.status)
+        error = f" ({job.job.state.error})" if job.job.state.error else ""
+        say(f"job {job.id} ended {status}{error}")
+
+
+async def run_dev(
+    load_worker: Callable[[ServiceConfig], Worker],
+    config: ServiceConfig,
+    dev: DevSettings,
+    *,
+    say: Say = say,
+) -> int:
+    """Run the ``dev`` scenario; returns the exit code (0).
+
+    Args:
+        load_worker: Builds the worker from a config pointing at the dev server
+            (the target is imported then, with ``LIVEKIT_URL`` and the keys set).
+        config: Service settings (URL and keys are replaced by the dev server's).
+        dev: Host, port, room and duration.
+        say: Where progress lines go.
+    """
+    secret = secrets.token_urlsafe(32)
+    stop = trio.Event()
+    async with (
+        open_devserver(host=dev.host, port=dev.port, api_key="devkey", api_secret=secret) as server,
+        trio.open_nursery() as nursery,
+    ):
+        say(f"dev server at {server.url} (api key {server.api_key!r})")
+        os.environ.update(
+            LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key, LIVEKIT_API_SECRET=secret
+        )
+        local = attrs.evolve(
+            config,
+            url=server.url,
+            api_key=server.api_key,
+            api_secret=secret,
+            explicit=config.explicit | {"url", "api_key", "api_secret"},
+        )
+        worker = load_worker(local)
+
+        async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not stop.is_set():
+                        say(f"{name}: ending the session (repeat to stop at once)")
+                        stop.set()
+                    else:
+                        say(f"{name} again: stopping now")
+                        nursery.cancel_scope.cancel()
+
+        await nursery.start(on_signals)
+        if local.health_port is not None:
+            url = await nursery.start(serve_health, worker, local.health_host, local.health_port)
+            say(f"health server at {url} (/ /worker /metrics)")
+        served = trio.Event()
+
+        async def serve(*, task_status: trio.TaskStatus[str]) -> None:
+            try:
+                await worker.serve(task_status=task_status)
+            finally:
+                served.set()
+
+        worker_id = await nursery.start(serve)
+        name = worker.options.agent_name
+        say(f"worker {worker_id} registered, agent name {name!r}")
+        await _session(server, worker, dev, stop, say)
+        worker.drain()
+        await served.wait()
+        stats = worker.statistics()
+        say(
+            f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
+            f" {stats.jobs_failed} failed"
+        )
+        nursery.cancel_scope.cancel()
+    say("dev server stopped")
+    return 0
