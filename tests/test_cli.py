@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from livekit import api as lkapi
+from livekit import rtc
 from livekit.protocol import agent as agent_pb
 
+from trio_lkagent._bridge import open_bridge
 from trio_lkagent._cli import main
 from trio_lkagent.devserver import DevServer
 
@@ -294,6 +297,8 @@ async def test_dev_stops_cleanly_on_ctrl_c_after_the_agent_answered(tmp_path: Pa
     assert cli.lines[-1] == "dev server stopped"
 
 
+# The conventional dev key pair is shorter than PyJWT likes; the client signs with it.
+@pytest.mark.filterwarnings("ignore:The HMAC key is")
 async def test_devserver_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     async with run_cli(["devserver", "--port", "0"], clean_env(), tmp_path) as cli:
         url = (await cli.expect(r"^LiveKit dev server at (http://127\.0\.0\.1:\d+)"))[1]
@@ -301,9 +306,30 @@ async def test_devserver_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> N
         await cli.expect(r"^  api secret: secret$")
         await cli.expect(rf"^  export LIVEKIT_URL={url} LIVEKIT_API_KEY=devkey ")
         assert (await http_get(url + "/"))[0] == 200
+        # A plain livekit.rtc client, with a token it signs itself, joins a room there.
+        token = (
+            lkapi.AccessToken("devkey", "secret")
+            .with_identity("plain")
+            .with_grants(lkapi.VideoGrants(room_join=True, room="cli-room"))
+            .to_jwt()
+        )
+
+        async def join() -> tuple[str, str]:  # on the asyncio bridge
+            room = rtc.Room()
+            await room.connect(url.replace("http://", "ws://"), token)
+            try:
+                return room.name, await room.sid
+            finally:
+                await room.disconnect()
+
+        async with open_bridge() as bridge:
+            with trio.fail_after(SAFETY):
+                name, sid = await bridge.run(join)
+        assert (name, sid[:3]) == ("cli-room", "RM_")
         cli.process.send_signal(signal.SIGINT)
         assert await cli.finish() == 0, cli.stderr
     assert cli.lines[-1] == "dev server stopped"
+    assert "plain joined room cli-room" in cli.stderr
 
 
 async def test_dispatch_creates_a_dispatch_through_the_server_api(
