@@ -692,3 +692,44 @@ async def test_dual_connection_clients_on_the_rtc_fallback_path(
         nursery.cancel_scope.cancel()
     assert abs(results["bob hears alice"] - 440) <= 5
     assert abs(results["alice hears bob"] - 880) <= 5
+
+
+async def test_an_agent_lingering_after_its_dispatch_is_deleted_is_removed(
+    server: DevServer, bridge: AsyncioBridge
+) -> None:
+    """Go's DeleteAgentDispatch: the job is terminated, its agent gets 3 s to leave
+    the room, then the server removes it."""
+    from livekit.protocol import agent as agent_pb
+
+    from trio_lkagent import JobContext, Worker
+
+    from .conftest import worker_options
+
+    lingering = trio.Event()
+    released = trio.Event()
+
+    async def stubborn(ctx: JobContext) -> None:
+        async with ctx.connect():
+            with trio.CancelScope(shield=True):  # ignores its termination
+                lingering.set()
+                await released.wait()
+
+    worker = Worker(stubborn, worker_options(server, agent_name="stubborn"))
+    async with (
+        trio.open_nursery() as nursery,
+        open_client(bridge, server, "r-linger", "alice") as alice,
+    ):
+        await nursery.start(worker.serve)
+        dispatch = await server.create_dispatch("r-linger", "stubborn")
+        (agent,) = await alice.next("participant_connected")
+        job = await server.wait_for_job(room="r-linger", status=agent_pb.JS_RUNNING)
+        await lingering.wait()
+        try:
+            await server.delete_dispatch(dispatch.id, "r-linger")
+            assert job.status == agent_pb.JS_SUCCESS  # terminated at once
+            (left,) = await alice.next("participant_disconnected")
+            assert left.identity == agent.identity
+            assert agent.identity not in server.rooms["r-linger"].participants
+        finally:
+            released.set()  # the job never left by itself: it was removed
+        nursery.cancel_scope.cancel()

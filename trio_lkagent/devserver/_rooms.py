@@ -53,6 +53,11 @@ class _Dispatch:
         self.job_ids: list[str] = []
 
 
+#: How long the agent of a job terminated by a dispatch deletion may stay in
+#: the room before the server removes it (Go: ``waitForParticipantLeaving``, 3 s).
+AGENT_LEAVE_TIMEOUT = 3.0
+
+
 class ServerRoom:
     """A room as the dev server tracks it.
 
@@ -114,6 +119,8 @@ class RoomRegistry:
         #: Called with the room's name when a room closes (the media side
         #: disconnects its participants).
         self.on_room_closed: Callable[[str], Awaitable[None]] | None = None
+        #: Disconnects a participant (the media side's ``RemoveParticipant``).
+        self.remove_participant: Callable[[str, str], Awaitable[None]] | None = None
         agents.set_listener(self)
 
     # -- rooms -------------------------------------------------------------------
@@ -331,6 +338,24 @@ class RoomRegistry:
             await self._terminate(
                 job.id, rules.TerminateReason.TERMINATION_REQUESTED, agent_pb.JSR_DISPATCH_DELETED
             )
+            identity = job.job.state.participant_identity
+            room = self.rooms.get(job.room_name)
+            if identity and room is not None and identity in room.participants:
+                self._nursery.start_soon(self._remove_lingering_agent, room, identity)
+
+    async def _remove_lingering_agent(self, room: ServerRoom, identity: str) -> None:
+        """Go's ``DeleteAgentDispatch``: give a terminated job's agent
+        ``AGENT_LEAVE_TIMEOUT`` to leave the room, then remove it."""
+        with trio.move_on_after(AGENT_LEAVE_TIMEOUT) as scope:
+            await self._changes.wait_for(
+                lambda: True if identity not in room.participants or room.closed else None
+            )
+        if scope.cancelled_caught:
+            logger.info(
+                "agent %s did not leave %s after %ss", identity, room.name, AGENT_LEAVE_TIMEOUT
+            )
+        if not room.closed and self.remove_participant is not None:
+            await self.remove_participant(room.name, identity)
 
     def list_dispatches(
         self, room_name: str, dispatch_id: str = ""

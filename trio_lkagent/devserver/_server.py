@@ -163,6 +163,7 @@ class DevServer:
         )
         self._rtc = RtcService(nursery=nursery, registry=self._rooms, server_info=self._server_info)
         self._rooms.on_room_closed = self._rtc.close_room
+        self._rooms.remove_participant = self.remove_participant
         self._app = DevServerApp(
             keys={config.api_key: config.api_secret},
             agents=self._agents,
