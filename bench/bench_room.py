@@ -14,28 +14,47 @@ Run: ``python bench/bench_room.py`` (prints figures; this is not a test).
    :func:`open_audio_stream`): from the moment the native library delivers a frame
    (its FFI callback, on a native thread) to the Trio task receiving it, p50/p99.
    For scale, the floor of this machine: a plain thread waking an idle Trio.
+3. Through the in-package dev server, with a plain ``livekit.rtc`` client in the
+   room (server, agent and client share this process, its asyncio loop and the
+   GIL):
+
+   * data packets from the client -> :meth:`Room.events` of the agent, events/s;
+   * the client's audio -> the agent's :func:`open_audio_stream`: native frame
+     callback -> Trio handler, and the same through ``rtc.AudioStream`` and the
+     asyncio loop (the path ``open_audio_stream`` took before), interleaved;
+   * ``DevServer.terminate_job`` -> the client sees ``participant_disconnected``
+     for the agent (the job is cancelled, leaves the room, the server tells the
+     client), and -> the server has the job's final status.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import functools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 import trio
+import trio.testing
 from livekit import rtc
+from livekit.protocol import agent as agent_pb
 from livekit.rtc._ffi_client import FfiClient
 from livekit.rtc._proto import handle_pb2 as handle_pb
 from livekit.rtc._proto import participant_pb2 as participant_pb
 from livekit.rtc._proto import room_pb2 as room_pb
 
-from trio_lkagent._events import DataReceived, RoomEvent
-from trio_lkagent._room import Room, _open_unconnected_room
+from trio_lkagent import JobContext, Worker, WorkerOptions
+from trio_lkagent._bridge import AsyncioBridge, Handoff
+from trio_lkagent._events import DataReceived, RoomEvent, TrackSubscribed
+from trio_lkagent._room import Room, _open_unconnected_room, open_room
 from trio_lkagent._tracks import open_audio_output, open_audio_stream
+from trio_lkagent.devserver import DevServer, open_devserver
 
 N_EVENTS = 200_000
 N_FRAMES = 300  # 3 s of 10 ms audio
@@ -220,6 +239,247 @@ async def bench_wakeup_floor() -> None:
     print(f"  (floor) plain thread -> run_sync_soon -> idle Trio: {percentiles(latencies)}")
 
 
+# --------------------------------------------------------------------------- through a server
+
+N_PACKETS = 5_000
+N_SERVER_FRAMES = 200
+N_TERMINATIONS = 20
+
+
+class Client:
+    """A plain ``livekit.rtc`` participant on the bridge loop; its events reach Trio."""
+
+    def __init__(self, bridge: AsyncioBridge, room: rtc.Room) -> None:
+        self.bridge = bridge
+        self.room = room
+        self.handoff = Handoff[tuple[float, str, tuple[Any, ...]]]()
+        self.events = self.handoff.subscribe(100_000)
+
+    async def next(self, name: str) -> tuple[float, tuple[Any, ...]]:
+        """(perf_counter when Trio got it, args) of the next rtc event *name*."""
+        async for _, got, args in self.events:
+            if got == name:
+                return time.perf_counter(), args
+        raise RuntimeError("closed")
+
+
+@asynccontextmanager
+async def open_client(bridge: AsyncioBridge, server: DevServer, room: str) -> AsyncIterator[Client]:
+    rtc_room = await bridge.call(functools.partial(rtc.Room, loop=bridge.loop))
+    client = Client(bridge, rtc_room)
+
+    def watch() -> None:  # bridge thread
+        for name in ("participant_connected", "participant_disconnected", "track_subscribed"):
+            rtc_room.on(name, functools.partial(_forward, client.handoff, name))
+
+    await bridge.call(watch)
+    token = server.create_participant_token(room, "client")
+    await bridge.run(rtc_room.connect, server.url, token, rtc.RoomOptions(auto_subscribe=True))
+    try:
+        yield client
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run(rtc_room.disconnect)
+
+
+def _forward(handoff: Handoff[Any], name: str, *args: Any) -> None:  # bridge thread
+    handoff.put((time.perf_counter(), name, args))
+
+
+async def bench_server_events(server: DevServer) -> None:
+    async with open_room(server.url, server.create_participant_token("ev", "agent")) as agent:
+        events = agent.events(2 * N_PACKETS)
+        async with open_client(agent.bridge, server, "ev") as client:
+            await agent.wait_for_participant("client")
+            publish = client.room.local_participant.publish_data
+
+            async def burst() -> float:  # bridge thread
+                start = time.perf_counter()
+                for i in range(N_PACKETS):
+                    await publish(str(i).encode(), topic="burst")
+                return start
+
+            start = await client.bridge.run(burst)
+            last = str(N_PACKETS - 1).encode()
+            async for event in events:
+                if isinstance(event, DataReceived) and event.payload == last:
+                    break
+            elapsed = time.perf_counter() - start
+    dropped = agent.statistics().events_dropped
+    print(
+        f"  client publish_data -> server -> agent events(): {N_PACKETS / elapsed:,.0f}"
+        f" events/s ({N_PACKETS:,} packets, {dropped} dropped)"
+    )
+
+
+def _frame_stamper(stamps: list[float], lock: threading.Lock) -> Callable[[Any], bool]:
+    def stamp(event: Any) -> bool:  # livekit's FFI callback, native thread
+        if event.WhichOneof(
+            "message"
+        ) == "audio_stream_event" and event.audio_stream_event.HasField("frame_received"):
+            with lock:
+                stamps.append(time.perf_counter())
+        return False
+
+    return stamp
+
+
+async def _server_audio_round(agent: Room, track: rtc.Track, via_asyncio: bool) -> list[float]:
+    stamps: list[float] = []
+    lock = threading.Lock()
+    bridge = agent.bridge
+    observer = await bridge.call(
+        lambda: FfiClient.instance.queue.subscribe(
+            bridge.loop, filter_fn=_frame_stamper(stamps, lock)
+        )
+    )
+    latencies: list[float] = []
+    try:
+        if not via_asyncio:
+            async with open_audio_stream(track, sample_rate=RATE) as frames:
+                async for _frame in frames:
+                    now = time.perf_counter()
+                    with lock:
+                        latencies.append(now - stamps[len(latencies)])
+                    if len(latencies) == N_SERVER_FRAMES:
+                        break
+        else:  # rtc.AudioStream on the loop, then a Handoff to Trio
+            stream = await bridge.call(
+                functools.partial(
+                    rtc.AudioStream.from_track, track=track, loop=bridge.loop, sample_rate=RATE
+                )
+            )
+            handoff = Handoff[rtc.AudioFrame]()
+            frames_ = handoff.subscribe(100)
+
+            async def pump() -> None:  # asyncio
+                async for event in stream:
+                    handoff.put(event.frame)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bridge.run, pump)
+                async for _frame in frames_:
+                    now = time.perf_counter()
+                    with lock:
+                        latencies.append(now - stamps[len(latencies)])
+                    if len(latencies) == N_SERVER_FRAMES:
+                        break
+                nursery.cancel_scope.cancel()
+            await bridge.run(stream.aclose)
+    finally:
+        await bridge.call(FfiClient.instance.queue.unsubscribe, observer)
+    return latencies[10:]
+
+
+async def bench_server_audio(server: DevServer) -> None:
+    tone = (np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE) * 8000).astype(np.int16)
+    ours: list[float] = []
+    stock: list[float] = []
+    token = server.create_participant_token("au", "agent")
+    async with open_room(server.url, token) as agent, trio.open_nursery() as nursery:
+        events = agent.events()
+        talker_token = server.create_participant_token("au", "talker")
+        async with (
+            open_room(server.url, talker_token) as talker,
+            talker.publish_audio(sample_rate=RATE) as mic,
+        ):
+
+            async def talk() -> None:
+                while True:
+                    await mic.write(tone)
+
+            nursery.start_soon(talk)
+            async for event in events:
+                if isinstance(event, TrackSubscribed):
+                    track = event.rtc_track
+                    break
+            for _ in range(3):
+                ours += await _server_audio_round(agent, track, via_asyncio=False)
+                stock += await _server_audio_round(agent, track, via_asyncio=True)
+            nursery.cancel_scope.cancel()
+    print(f"  talker -> server -> agent: native frame callback -> Trio, 3 x {N_SERVER_FRAMES}:")
+    print(f"    open_audio_stream (native thread -> Trio):       {percentiles(ours)}")
+    print(f"    rtc.AudioStream (native -> asyncio loop -> Trio): {percentiles(stock)}")
+
+
+async def bench_terminate(server: DevServer) -> None:
+    connected: collections.defaultdict[str, trio.Event] = collections.defaultdict(trio.Event)
+    left: collections.defaultdict[str, trio.Event] = collections.defaultdict(trio.Event)
+    left_at: dict[str, float] = {}
+
+    async def entrypoint(ctx: JobContext) -> None:
+        try:
+            async with ctx.connect():
+                connected[ctx.job_id].set()
+                await trio.sleep_forever()
+        finally:
+            left_at[ctx.job_id] = time.perf_counter()  # our side of the room is closed
+            left[ctx.job_id].set()
+
+    options = WorkerOptions(
+        url=server.url, api_key=server.api_key, api_secret=server.api_secret, agent_name="bench"
+    )
+    worker = Worker(entrypoint, options)
+    agent_side: list[float] = []
+    server_side: list[float] = []
+    client_side: list[float] = []
+    status: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        async with open_room(server.url, server.create_participant_token("x", "x")) as holder:
+            bridge = holder.bridge  # keeps the bridge (and its loop) up between rounds
+            for i in range(N_TERMINATIONS):
+                room = f"term-{i}"
+                await server.create_dispatch(room, "bench")
+                job = await server.wait_for_job(room=room)
+                await connected[job.id].wait()  # the agent's connect has returned
+                async with open_client(bridge, server, room) as client:
+                    agent = job.accepted_identity
+                    while agent not in client.room.remote_participants:
+                        await client.next("participant_connected")
+
+                    start = [0.0]  # set just before terminate_job
+
+                    async def server_saw(
+                        agent: str = agent, room: str = room, start: list[float] = start
+                    ) -> None:
+                        def gone() -> bool | None:
+                            return True if agent not in server.rooms[room].participants else None
+
+                        await server.wait_until(gone)
+                        server_side.append(time.perf_counter() - start[0])
+
+                    async def client_saw(
+                        client: Client = client, agent: str = agent, start: list[float] = start
+                    ) -> None:
+                        while True:
+                            at, (participant,) = await client.next("participant_disconnected")
+                            if participant.identity == agent:
+                                client_side.append(at - start[0])
+                                return
+
+                    async with trio.open_nursery() as watchers:
+                        watchers.start_soon(server_saw)
+                        watchers.start_soon(client_saw)
+                        await trio.testing.wait_all_tasks_blocked()
+                        start[0] = time.perf_counter()
+                        await server.terminate_job(job.id)
+                    await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)
+                    status.append(time.perf_counter() - start[0])
+                    await left[job.id].wait()
+                    agent_side.append(left_at[job.id] - start[0])
+        worker.drain()
+    print(f"  DevServer.terminate_job -> ({N_TERMINATIONS} connected agents; p50 | max)")
+    for label, values in (
+        ("the job has left the room (ctx.connect() exited)", agent_side),
+        ("the server has the agent out of the room", server_side),
+        ("a client in the room sees participant_disconnected", client_side),
+        ("the server has the job's final status", status),
+    ):
+        ms = sorted(v * 1e3 for v in values)
+        print(f"    {label:52s} {ms[len(ms) // 2]:6.1f} ms | {ms[-1]:6.1f} ms")
+
+
 async def main() -> None:
     async with _open_unconnected_room() as room:
         print(f"Room events (data_received) -> Trio, {N_EVENTS:,} events, best of 3")
@@ -238,6 +498,13 @@ async def main() -> None:
     print(f"Audio: native frame -> Trio handler, {N_FRAMES} frames of 10 ms")
     await bench_wakeup_floor()
     await bench_audio_latency()
+    print("Through the dev server (one process: server, agent, client)")
+    async with open_devserver(
+        host="127.0.0.1", port=0, api_key="bench", api_secret="b" * 40
+    ) as server:
+        await bench_server_events(server)
+        await bench_server_audio(server)
+        await bench_terminate(server)
 
 
 if __name__ == "__main__":

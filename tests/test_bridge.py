@@ -365,6 +365,40 @@ async def test_handoff_drops_for_a_slow_subscriber_only(bridge: AsyncioBridge) -
     assert [slow.receive_nowait() for _ in range(4)] == [0, 1, 2, 3]
 
 
+async def test_a_backlog_keeps_early_items_for_the_first_subscriber(bridge: AsyncioBridge) -> None:
+    handoff = Handoff[int](backlog=3)
+    await bridge.call(lambda: [handoff.put(i) for i in range(5)])
+    first = handoff.subscribe(10)
+    second = handoff.subscribe(10)
+    await bridge.call(handoff.put, 5)
+    assert [first.receive_nowait() for _ in range(4)] == [0, 1, 2, 5]
+    assert second.receive_nowait() == 5
+    assert [s.dropped for s in handoff.statistics().subscribers] == [2, 0]
+
+
+async def test_items_reach_every_waiting_receiver_of_a_cloned_channel(
+    bridge: AsyncioBridge,
+) -> None:
+    handoff = Handoff[int]()
+    receive = handoff.subscribe(2)
+    clone = receive.clone()
+    got: list[int] = []
+
+    async def take(channel: trio.MemoryReceiveChannel[int]) -> None:
+        got.append(await channel.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, receive)
+        nursery.start_soon(take, clone)
+        await trio.testing.wait_all_tasks_blocked()
+        # One batch of five: two go to the waiting receivers, two fill the buffer.
+        await bridge.call(lambda: [handoff.put(i) for i in range(5)])
+    assert sorted(got) == [0, 1]
+    assert [receive.receive_nowait(), clone.receive_nowait()] == [2, 3]
+    stats = handoff.statistics().subscribers[0]
+    assert (stats.delivered, stats.dropped) == (4, 1)
+
+
 async def test_a_closed_subscriber_stops_receiving_and_trio_keeps_running(
     bridge: AsyncioBridge,
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import pathlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +25,8 @@ from livekit import rtc
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import agent_dispatch as dispatch_pb
 
-from trio_lkagent._bridge import AsyncioBridge, Handoff
+from trio_lkagent import JobContext, Worker
+from trio_lkagent._bridge import AsyncioBridge, Handoff, open_bridge
 from trio_lkagent._room import Room, open_room
 from trio_lkagent._tracks import open_audio_stream
 from trio_lkagent.devserver import DevServer
@@ -98,6 +100,7 @@ class Client:
 
 _WATCHED = (
     "participant_connected",
+    "participant_disconnected",
     "track_subscribed",
     "data_received",
 )
@@ -113,7 +116,9 @@ async def open_client(bridge: AsyncioBridge, url: str, token: str) -> AsyncItera
             room.on(name, functools.partial(client._put, name))  # type: ignore[arg-type]
 
     await bridge.call(watch)
-    with trio.fail_after(SAFETY_TIMEOUT):
+    # Shielded: livekit kills the process if a connect is cancelled after the native
+    # side answered it (open_room takes care of that; this plain client does not).
+    with trio.CancelScope(shield=True), trio.fail_after(SAFETY_TIMEOUT):
         await bridge.run(room.connect, url, token, rtc.RoomOptions(auto_subscribe=True))
     try:
         yield client
@@ -429,25 +434,166 @@ async def test_room_analytics_example(server: DevServer, monkeypatch: pytest.Mon
     monkeypatch.setattr(example, "handle_event", handle_and_notify)
     analytics = example.AnalyticsCollector()
     worker = example.make_worker(worker_options(server, agent_name=example.AGENT_NAME), analytics)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.serve)
-        # Go's default departure timeout (20 s) would keep the job, and drain(), waiting.
-        await server.create_room(
-            "e2e-analytics",
-            agents=[dispatch_pb.RoomAgentDispatch(agent_name=example.AGENT_NAME)],
-            departure_timeout=1,
-        )
-        await server.wait_for_job(room="e2e-analytics", status=agent_pb.JS_RUNNING)
-        async with open_room(server.url, join_token(server, "e2e-analytics", "ivy")) as ivy:
-            await ivy.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
-            await ivy.publish_data(b'{"hello": "analytics"}')
-            async with ivy.publish_audio(sample_rate=RATE) as out:
-                await out.write(tone(440, 0.1))
-                session = analytics.sessions["e2e-analytics"]
-                await changes.wait_until(lambda: session.stats().tracks == 1)
-        await changes.wait_until(lambda: session.stats().participants == 0)
-        stats = session.stats()
-        assert (stats.data_messages, stats.tracks) == (1, 0)
-        assert [p.identity for p in session.participants.values()] == ["ivy"]
-        worker.drain()
+    # A safety net: drain() waits for the job, which ends when the room closes.
+    with trio.fail_after(5 * SAFETY_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.serve)
+            # Go's default departure timeout (20 s) would keep the job, and drain(), waiting.
+            await server.create_room(
+                "e2e-analytics",
+                agents=[dispatch_pb.RoomAgentDispatch(agent_name=example.AGENT_NAME)],
+                departure_timeout=1,
+            )
+            with trio.fail_after(SAFETY_TIMEOUT):
+                await server.wait_for_job(room="e2e-analytics", status=agent_pb.JS_RUNNING)
+            async with open_room(server.url, join_token(server, "e2e-analytics", "ivy")) as ivy:
+                with trio.fail_after(SAFETY_TIMEOUT):
+                    await ivy.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+                await ivy.publish_data(b'{"hello": "analytics"}')
+                async with ivy.publish_audio(sample_rate=RATE) as out:
+                    await out.write(tone(440, 0.1))
+                    session = analytics.sessions["e2e-analytics"]
+                    await changes.wait_until(lambda: session.stats().tracks == 1)
+            await changes.wait_until(lambda: session.stats().participants == 0)
+            stats = session.stats()
+            assert (stats.data_messages, stats.tracks) == (1, 0)
+            assert [p.identity for p in session.participants.values()] == ["ivy"]
+            worker.drain()
     assert analytics.summary()[0] == "Total rooms monitored: 1"
+
+
+# ------------------------------------------------------------------ leaving while joining
+
+
+async def test_a_join_cancelled_midway_leaves_no_agent_behind(server: DevServer) -> None:
+    """Cancelled after the server let the agent in, before its connect returned.
+
+    livekit's native side, once it has answered the connect, kills the process if
+    the Python side never confirms (rust-sdks#1188); cancelling the native connect
+    there did exactly that. The join must end with the agent out of the room.
+    """
+
+    def in_room(expected: bool) -> bool | None:
+        room = server.rooms.get("e2e-abandon")
+        inside = room is not None and "agent" in room.participants
+        return True if inside == expected else None
+
+    async with trio.open_nursery() as nursery:
+
+        async def join() -> None:
+            async with open_agent(server, "e2e-abandon"):
+                await trio.sleep_forever()
+
+        nursery.start_soon(join)
+        with trio.fail_after(SAFETY_TIMEOUT):
+            # The JoinResponse is out; the agent's connect waits for its peer connection.
+            await server.wait_until(lambda: in_room(True))
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(SAFETY_TIMEOUT):
+        await server.wait_until(lambda: in_room(False))
+
+
+# ------------------------------------------------------------------ ending a job
+
+
+class JobProbe:
+    """An entrypoint that joins its room and stays until the job is ended; what it saw."""
+
+    def __init__(self) -> None:
+        self.ctx: JobContext | None = None
+        self.left_room = trio.Event()
+        self.reason_at_exit: str | None = None
+
+    async def entrypoint(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        try:
+            async with ctx.connect() as room:
+                async for event in room.events():
+                    if isinstance(event, DataReceived) and event.payload == b"please leave":
+                        ctx.shutdown("asked to leave")
+        finally:
+            self.reason_at_exit = ctx.shutdown_reason
+            self.left_room.set()
+
+
+@asynccontextmanager
+async def agent_in_room(
+    server: DevServer, room: str, probe: JobProbe
+) -> AsyncIterator[tuple[Any, Client]]:
+    """A worker running *probe* in *room*, and a plain client that has seen the agent join."""
+    worker = Worker(probe.entrypoint, worker_options(server))
+    async with open_bridge() as bridge, trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        await server.create_dispatch(room, "test-agent")
+        with trio.fail_after(SAFETY_TIMEOUT):
+            job = await server.wait_for_job(room=room, status=agent_pb.JS_RUNNING)
+        async with open_client(bridge, server.url, join_token(server, room, "watcher")) as client:
+            with trio.fail_after(SAFETY_TIMEOUT):
+                while job.accepted_identity not in client.room.remote_participants:
+                    await client.next("participant_connected")
+            yield job, client
+        worker.drain()
+
+
+async def wait_agent_gone(client: Client, identity: str) -> rtc.RemoteParticipant:
+    while True:
+        (participant,) = await client.next("participant_disconnected")
+        if participant.identity == identity:
+            return participant
+
+
+async def test_terminating_the_job_takes_the_agent_out_of_the_room(server: DevServer) -> None:
+    probe = JobProbe()
+    async with agent_in_room(server, "e2e-terminate", probe) as (job, client):
+        agent = job.accepted_identity
+        assert agent in server.rooms["e2e-terminate"].participants
+        await server.terminate_job(job.id)
+        await wait_agent_gone(client, agent)
+        assert agent not in server.rooms["e2e-terminate"].participants
+        assert agent not in client.room.remote_participants
+        with trio.fail_after(SAFETY_TIMEOUT):
+            await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)
+    # The room was left inside the job's cancel scope, before the job reported its end.
+    assert probe.left_room.is_set()
+    assert probe.reason_at_exit == "terminated by the server"
+    assert job.status_history[-2:] == [agent_pb.JS_RUNNING, agent_pb.JS_SUCCESS]
+    assert job.termination is not None
+    assert not job.job.state.error
+
+
+async def test_ctx_shutdown_takes_the_agent_out_of_the_room(server: DevServer) -> None:
+    probe = JobProbe()
+    async with agent_in_room(server, "e2e-shutdown", probe) as (job, client):
+        agent = job.accepted_identity
+        publish = client.room.local_participant.publish_data
+        await client.bridge.run(functools.partial(publish, b"please leave"))
+        await wait_agent_gone(client, agent)
+        assert agent not in server.rooms["e2e-shutdown"].participants
+        with trio.fail_after(SAFETY_TIMEOUT):
+            await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)  # any end
+    assert probe.left_room.is_set()
+    assert probe.reason_at_exit == "asked to leave"
+    # Not asserted: the final status. The agent leaves the room inside the job, before
+    # the worker reports the job's end, and the server (as Go does) records an agent
+    # leaving a running job as JS_FAILED "agent worker left the room".
+
+
+# ------------------------------------------------------------------ exit
+
+
+async def test_a_room_job_exits_without_a_word_from_livekit() -> None:
+    """Room, audio in and out, a job ending, the process exiting: nothing on stderr.
+
+    Runs ``tests/peers/room_job_exit.py`` as a newcomer would run a program; livekit
+    logs through the ``livekit`` logger (WARNING and up reach stderr) and from its
+    native threads, so anything logged late, during or after interpreter exit,
+    would show up here.
+    """
+    script = pathlib.Path(__file__).parent / "peers" / "room_job_exit.py"
+    with trio.fail_after(60):  # a safety net for a subprocess, not a timing assertion
+        result = await trio.run_process(
+            [sys.executable, str(script)], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines()[-1] == "job ended JS_SUCCESS; bye"
+    assert result.stderr.decode() == ""

@@ -30,7 +30,14 @@ from livekit.rtc._proto import track_pb2 as track_pb
 
 from trio_lkagent import ConnectError
 from trio_lkagent import _events as ev
-from trio_lkagent._room import AutoSubscribe, Room, _open_unconnected_room, open_room
+from trio_lkagent._bridge import open_bridge
+from trio_lkagent._room import (
+    DEFAULT_EVENT_BUFFER,
+    AutoSubscribe,
+    Room,
+    _open_unconnected_room,
+    open_room,
+)
 
 NO_HANDLE = handle_pb.FfiOwnedHandle(id=0)  # id 0 is never dropped natively
 AUDIO, VIDEO = track_pb.KIND_AUDIO, track_pb.KIND_VIDEO
@@ -407,6 +414,32 @@ async def test_every_subscriber_gets_every_event(room: Room) -> None:
         ]
 
 
+async def test_the_first_subscriber_gets_the_events_since_joining(room: Room) -> None:
+    # Events arrive between joining and the owner's first events() call (open_room
+    # returns, the job code runs): the first subscriber still sees them, in order.
+    await feed(room, joined("alice"), left("alice"))
+    first = room.events()
+    await feed(room, joined("bob"))
+    later = room.events()
+    await feed(room, joined("carol"))
+    assert [getattr(e, "identity", None) for e in drain(first)] == [
+        "alice",
+        "alice",
+        "bob",
+        "carol",
+    ]
+    assert [getattr(e, "identity", None) for e in drain(later)] == ["carol"]
+
+
+async def test_events_held_for_the_first_subscriber_are_bounded(room: Room) -> None:
+    n = DEFAULT_EVENT_BUFFER + 10
+    await feed(room, *(joined(f"p{i}") for i in range(n)))
+    first = room.events(8)
+    # The oldest are kept, as a channel of that size would have kept them.
+    assert [getattr(e, "identity", None) for e in drain(first)] == [f"p{i}" for i in range(8)]
+    assert room.statistics().events.subscribers[0].dropped == n - 8
+
+
 async def test_a_slow_consumer_loses_newer_events_and_nobody_waits(room: Room) -> None:
     n = 1_000
     fast = room.events(n)
@@ -587,7 +620,9 @@ async def test_open_room_gives_up_at_its_own_deadline() -> None:
     try:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
-        async with listeners[0]:
+        # The bridge outlives the room here, as it does in a worker: leaving it last
+        # would wait (bounded) for the abandoned native join.
+        async with listeners[0], open_bridge():
             start = trio.current_time()
             with pytest.raises(ConnectError, match=r"within 0\.3 s"):
                 async with open_room(f"ws://127.0.0.1:{port}", "token", connect_timeout=0.3):

@@ -21,10 +21,12 @@ consumers never wait.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, Generic, TypeVar, final
@@ -38,7 +40,6 @@ from ._events import (
     BUILDERS,
     ROOM_BUILDERS,
     Disconnected,
-    ParticipantConnected,
     RoomEvent,
     TrackPublished,
 )
@@ -69,6 +70,14 @@ logger = logging.getLogger(__name__)
 
 #: Budget of the shielded disconnect when leaving a room.
 DISCONNECT_TIMEOUT: Final = 3.0
+#: After unpublishing, the native client renegotiates once its 150 ms debounce
+#: (``PUBLISHER_NEGOTIATION_FREQUENCY``) has passed. Disconnecting before that makes
+#: it log "peer connection is closed, cannot create offer", possibly after the program
+#: has ended; so leaving waits until this long after the last unpublish.
+UNPUBLISH_SETTLE: Final = 0.3
+#: How long the bridge's shutdown waits for a cancelled join still under way (it is
+#: never cancelled natively, see ``Room._abandon_connect``).
+ABANDONED_JOIN_WAIT: Final = 2.0
 #: Default size of each :meth:`Room.events` channel.
 DEFAULT_EVENT_BUFFER: Final = 256
 
@@ -267,7 +276,8 @@ class Room:
         self._nursery = nursery
         self._portal = TrioPortal(nursery)
         self._token = trio.lowlevel.current_trio_token()
-        self._handoff = Handoff[RoomEvent]()
+        # Events from joining until the owner's first events() call are held for it.
+        self._handoff = Handoff[RoomEvent](backlog=DEFAULT_EVENT_BUFFER)
         self._subscribe_kinds = _KINDS[auto_subscribe]
         self._manual_subscribe = auto_subscribe is not AutoSubscribe.SUBSCRIBE_ALL
         self._changed = trio.Event()
@@ -276,6 +286,7 @@ class Room:
         self._unregister_cleanup: Callable[[], None] = lambda: None
         self._rpc_invocations = 0
         self._streams_dropped = 0
+        self._last_unpublish = -math.inf  # trio.current_time() of our last unpublish
 
     # ------------------------------------------------------------------ state
 
@@ -342,9 +353,12 @@ class Room:
         """Subscribe to the room's events from now on.
 
         Every call creates an independent subscriber that receives every event, in
-        order. To see the current state as well, subscribe first and then read
-        :attr:`remote_participants`: an event for a participant already in that
-        snapshot may follow, so handle joins idempotently.
+        order. The first call also receives, first, the events that happened since
+        the room was joined (up to :data:`DEFAULT_EVENT_BUFFER` of them), so
+        subscribing right after ``open_room`` misses nothing. To see the current
+        state as well, subscribe first and then read :attr:`remote_participants`:
+        an event for a participant already in that snapshot may follow (or precede
+        it), so handle joins idempotently.
 
         Args:
             max_buffer_size: Events held for this consumer. Once it is full,
@@ -364,19 +378,25 @@ class Room:
     def _install(self) -> None:  # asyncio thread, via bridge.call
         rtc_room = self._rtc
         original_emit: Callable[..., None] = rtc_room.emit
+        # livekit's EventEmitter keeps its callbacks in ``_events`` (name -> callbacks);
+        # looking there first skips a call per event when nobody registered one. If
+        # that private attribute is missing, every event goes to the original emit.
+        listeners: Mapping[str, object] | None = getattr(rtc_room, "_events", None)
+        if not isinstance(listeners, dict):
+            listeners = None
         builders = BUILDERS
         room_builders = ROOM_BUILDERS
         put = self._handoff.put
-        hooks: dict[type[Any], Callable[[Any], None]] = {
-            TrackPublished: self._on_track_published,
-            ParticipantConnected: self._on_membership,
-            Disconnected: self._on_disconnected,
+        hooks: dict[str, Callable[[Any], None]] = {
+            "track_published": self._on_track_published,
+            "participant_connected": self._on_membership,
+            "disconnected": self._on_disconnected,
         }
 
         def emit(name: str, *args: Any) -> None:
+            builder = builders.get(name)
             try:
                 event: RoomEvent | None
-                builder = builders.get(name)
                 if builder is not None:
                     event = builder(*args)
                 else:
@@ -384,12 +404,13 @@ class Room:
                     event = room_builder(rtc_room) if room_builder is not None else None
                 if event is not None:
                     put(event)
-                    hook = hooks.get(type(event))
+                    hook = hooks.get(name)
                     if hook is not None:
                         hook(event)
             except Exception:
                 logger.exception("could not translate the room event %r", name)
-            original_emit(name, *args)  # callbacks registered on the rtc room itself
+            if listeners is None or name in listeners:
+                original_emit(name, *args)  # callbacks registered on the rtc room itself
 
         rtc_room.emit = emit  # type: ignore[method-assign,assignment]
 
@@ -477,7 +498,52 @@ class Room:
         if scope.cancelled_caught:
             raise ConnectError(f"could not connect to the room within {connect_timeout:g} s")
 
-    async def _connect_on_loop(self, url: str, token: str, options: rtc.RoomOptions) -> None:
+    async def _connect_on_loop(
+        self, url: str, token: str, options: rtc.RoomOptions
+    ) -> None:  # asyncio task, via bridge.run
+        connecting = asyncio.ensure_future(self._connect_native(url, token, options))
+        try:
+            await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            self._abandon_connect(connecting)
+            raise
+
+    def _abandon_connect(self, connecting: asyncio.Future[None]) -> None:  # asyncio thread
+        """Let a cancelled join finish on the loop, then leave the room if it got in.
+
+        ``rtc.Room.connect`` must not be cancelled once started: if the native side's
+        ConnectCallback has been sent, it waits for the SDK's ReadyForRoomEventRequest
+        (sent at the end of ``connect``) and, when none comes, panics and SIGTERMs the
+        whole process ("timed out waiting for ReadyForRoomEventRequest after
+        ConnectCallback", livekit rust-sdks#1188). That is what cancelling a job
+        while it joins its room would do. So the join runs on, unowned by Trio; a
+        room that got in is disconnected at once, and the bridge's shutdown waits up
+        to :data:`ABANDONED_JOIN_WAIT` for all of it. A join that succeeds even later,
+        after the bridge is gone, still trips livekit's timeout: there is no native
+        way to cancel a join in livekit 1.2.
+        """
+        logger.debug("abandoning a join of %s; it leaves once it gets in", self._rtc)
+        loop = self._bridge.loop
+        settled: asyncio.Future[None] = loop.create_future()
+        unregister = add_native_cleanup(self._bridge, "room", _wait_abandoned_join, settled)
+
+        def settle(_task: object = None) -> None:
+            logger.debug("an abandoned join of %s is over", self._rtc)
+            unregister()
+            if not settled.done():
+                settled.set_result(None)
+
+        def joined(task: asyncio.Future[None]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                settle()  # never got in (the exception is retrieved: nothing logged)
+                return
+            leaving = loop.create_task(self._rtc.disconnect())
+            leaving.add_done_callback(_retrieve)
+            leaving.add_done_callback(settle)
+
+        connecting.add_done_callback(joined)
+
+    async def _connect_native(self, url: str, token: str, options: rtc.RoomOptions) -> None:
         await self._rtc.connect(url, token, options)
         if self._manual_subscribe and self._subscribe_kinds:
             for participant in self._rtc.remote_participants.values():
@@ -492,12 +558,18 @@ class Room:
 
         Cancellation:
             Shielded, and bounded by a few seconds: the native disconnect is left to
-            the bridge's shutdown if it takes longer.
+            the bridge's shutdown if it takes longer. Leaving right after a track was
+            unpublished first waits until :data:`UNPUBLISH_SETTLE` after that (the
+            native client's pending renegotiation).
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        settle = self._last_unpublish + UNPUBLISH_SETTLE
+        if settle > trio.current_time() and self._rtc.isconnected():
+            with trio.CancelScope(shield=True):
+                await trio.sleep_until(settle)
         await close_native(
             self._bridge, self._rtc.disconnect, unregister=self._unregister_cleanup, what="a room"
         )
@@ -847,6 +919,21 @@ class Room:
                 await self._bridge.run(self.local_participant.unpublish_track, publication.sid)
             except Exception:
                 logger.debug("unpublishing %s failed", publication.sid, exc_info=True)
+            finally:
+                self._last_unpublish = trio.current_time()
+
+
+async def _wait_abandoned_join(settled: asyncio.Future[None]) -> None:  # bridge shutdown
+    try:
+        async with asyncio.timeout(ABANDONED_JOIN_WAIT):
+            await asyncio.shield(settled)
+    except TimeoutError:
+        logger.debug("an abandoned join was still under way when the bridge shut down")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("leaving an abandoned room failed", exc_info=task.exception())
 
 
 @asynccontextmanager
@@ -905,10 +992,13 @@ async def open_room(
         ConnectError: Joining failed (refused, bad token, timed out).
 
     Cancellation:
-        Joining is cancellable (native retries may linger in the background until
-        they give up). Leaving the block, normally or by an exception or
-        cancellation, disconnects (shielded and bounded, a few seconds), ends every
-        event channel and cancels the room's tasks (RPC handlers).
+        Joining is cancellable and returns at once, but the native join itself is
+        never cancelled (livekit kills the process when a join it has answered is
+        not confirmed): it runs on in the background on the bridge, and leaves the
+        room as soon as it gets in (native retries may linger until they give up).
+        Leaving the block, normally or by an exception or cancellation, disconnects
+        (shielded and bounded, a few seconds), ends every event channel and cancels
+        the room's tasks (RPC handlers).
     """
     async with _open_unconnected_room(auto_subscribe=auto_subscribe) as room:
         await room._connect(url, token, options, connect_timeout)

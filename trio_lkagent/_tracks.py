@@ -4,11 +4,15 @@ Every ``livekit.rtc`` stream and source here is built and used on the bridge's a
 loop; Trio sees bounded memory channels of :class:`~._media.AudioFrame` /
 :class:`~._media.VideoFrame` and async ``write`` methods with backpressure.
 
-Task tree of an input stream::
+Audio input has no task at all: :class:`_NativeAudioReader` takes each frame in
+livekit's own FFI callback, on the native thread that delivers it, and hands it to
+Trio through a :class:`~._bridge.Handoff` (one cross-thread wake-up per frame instead of
+two: ``rtc.AudioStream`` would first wake the asyncio loop, which would then wake
+Trio). Video input goes through ``rtc.VideoStream`` on the loop::
 
-    open_audio_stream()            the caller's task (the ``async with`` body)
+    open_video_stream()            the caller's task (the ``async with`` body)
     '- nursery
-       '- pump                     bridge.run(): iterates the rtc.AudioStream on the
+       '- pump                     bridge.run(): iterates the rtc.VideoStream on the
                                    loop, Handoff -> the stream's memory channel
 
 Buffer policy (input): each stream's channel holds ``max_buffer_size`` frames; when the
@@ -19,9 +23,11 @@ consumer falls that far behind, newer frames are dropped (counted in
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import itertools
 import logging
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -32,6 +38,9 @@ import numpy as np
 import numpy.typing as npt
 import trio
 from livekit import rtc
+from livekit.rtc._ffi_client import FfiClient, FfiHandle
+from livekit.rtc._proto import audio_frame_pb2 as audio_pb
+from livekit.rtc._proto import ffi_pb2 as ffi_pb
 
 from ._bridge import AsyncioBridge, Handoff, open_bridge
 from ._media import (
@@ -303,16 +312,142 @@ class VideoReceiveStream(_ReceiveStream[VideoFrame]):
         return self._format
 
 
-async def _pump_audio(
-    stream: rtc.AudioStream, put: Callable[[AudioFrame], None]
-) -> None:  # asyncio task
-    position = 0
-    async for event in stream:
-        frame = event.frame
-        rate = frame.sample_rate
-        samples = np.frombuffer(frame.data, dtype=np.int16)
-        put(AudioFrame(samples, rate, frame.num_channels, position / rate, frame))
-        position += frame.samples_per_channel
+@final
+class _NativeAudioReader:
+    """A native audio stream read on livekit's FFI callback thread, straight into a Handoff.
+
+    What ``rtc.AudioStream`` does, minus the asyncio hop: it asks the native library
+    for a stream of a track (``NewAudioStreamRequest``, as ``AudioStream`` does) and
+    subscribes to livekit's FFI event queue with a filter function. livekit calls
+    every filter on the native thread that delivers the event, under the queue's
+    lock; ours copies the frame's samples into a new numpy array (one copy, as
+    ``rtc.AudioFrame._from_owned_info`` makes), releases the native buffer, puts an
+    :class:`AudioFrame` into the hand-off (which wakes Trio) and returns False, so
+    nothing ever goes through the asyncio loop. livekit's Rust side releases its
+    config lock before invoking the callback, so releasing the buffer from inside it
+    is safe. Frames carry no ``rtc_frame``: :meth:`AudioFrame.to_rtc` wraps the
+    (writable) samples without copying.
+
+    Relies on livekit-internal names (``FfiClient``, ``FfiHandle``, the protobuf
+    modules); livekit is pinned to a minor version.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_early",
+        "_eos",
+        "_handle",
+        "_handle_id",
+        "_handoff",
+        "_lock",
+        "_loop",
+        "_position",
+        "_queue",
+        "_token",
+    )
+
+    def __init__(self, handoff: Handoff[AudioFrame], loop: asyncio.AbstractEventLoop) -> None:
+        self._handoff = handoff
+        self._loop = loop
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._handle_id: int | None = None
+        self._handle: FfiHandle | None = None
+        self._early: list[Any] = []  # audio events seen before our handle was known
+        self._position = 0
+        self._queue: Any = None
+        self._eos: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def start(
+        self, track: rtc.Track, sample_rate: int, num_channels: int, frame_size_ms: int | None
+    ) -> None:  # asyncio thread, via bridge.call
+        """Create the native stream; frames flow from now on."""
+        self._eos = self._loop.create_future()
+        queue = FfiClient.instance.queue
+        self._queue = queue.subscribe(self._loop, filter_fn=self._on_event)
+        request = ffi_pb.FfiRequest()
+        new = request.new_audio_stream
+        new.track_handle = track._ffi_handle.handle
+        new.sample_rate = sample_rate
+        new.num_channels = num_channels
+        new.queue_size_frames = 0
+        if frame_size_ms:
+            new.frame_size_ms = frame_size_ms
+        new.type = audio_pb.AudioStreamType.AUDIO_STREAM_NATIVE
+        try:
+            stream = FfiClient.instance.request(request).new_audio_stream.stream
+        except BaseException:
+            queue.unsubscribe(self._queue)
+            raise
+        with self._lock:
+            self._handle = FfiHandle(stream.handle.id)
+            self._handle_id = stream.handle.id
+            early, self._early = self._early, []
+            for event in early:
+                self._handle_event(event)
+
+    def _on_event(self, event: Any) -> bool:  # native thread, under the FFI queue's lock
+        try:
+            if event.WhichOneof("message") == "audio_stream_event":
+                with self._lock:
+                    if self._handle_id is None:
+                        self._early.append(event)
+                    else:
+                        self._handle_event(event)
+        except Exception:  # must not escape: livekit would then queue the event for us
+            logger.exception("could not read a native audio frame")
+        return False
+
+    def _handle_event(self, event: Any) -> None:  # under self._lock
+        stream_event = event.audio_stream_event
+        if stream_event.stream_handle != self._handle_id:
+            return
+        if stream_event.HasField("frame_received"):
+            owned = stream_event.frame_received.frame
+            info = owned.info
+            per_channel = info.samples_per_channel
+            samples = np.empty(per_channel * info.num_channels, dtype=np.int16)
+            ctypes.memmove(samples.ctypes.data, info.data_ptr, samples.nbytes)
+            FfiHandle(owned.handle.id).dispose()  # the native buffer, copied out above
+            if self._closed:
+                return
+            rate = info.sample_rate
+            self._handoff.put(AudioFrame(samples, rate, info.num_channels, self._position / rate))
+            self._position += per_channel
+        elif stream_event.HasField("eos"):
+            try:
+                self._token.run_sync_soon(self._handoff.close)
+            except trio.RunFinishedError:
+                pass
+            eos = self._eos
+            if eos is not None:
+                try:
+                    self._loop.call_soon_threadsafe(_set_done, eos)
+                except RuntimeError:  # the loop is closed
+                    pass
+
+    async def aclose(self) -> None:  # asyncio thread: release the stream, wait for its end
+        """Release the native stream and wait (bounded) until it has ended. Idempotent."""
+        with self._lock:
+            self._closed = True
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.dispose()
+            if self._eos is not None:
+                try:
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await asyncio.shield(self._eos)
+                except TimeoutError:
+                    logger.debug("a native audio stream did not report its end")
+        if self._queue is not None:
+            FfiClient.instance.queue.unsubscribe(self._queue)
+            self._queue = None
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _pump_video(
@@ -377,9 +512,9 @@ async def open_audio_stream(
             :data:`~._media.LIMITS`), or *track* is not an audio track.
 
     Cancellation:
-        The native stream is read by a task in a nursery the block owns. Leaving the
-        block (normally, by an exception or by cancellation) stops that task and
-        closes the native stream, shielded and bounded by a couple of seconds.
+        Frames are read on livekit's native callback thread (no task). Leaving the
+        block (normally, by an exception or by cancellation) releases the native
+        stream, shielded and bounded by a couple of seconds.
     """
     check_limits("audio_stream", sample_rate=sample_rate, num_channels=num_channels)
     if frame_size_ms is not None and frame_size_ms < 1:
@@ -387,27 +522,16 @@ async def open_audio_stream(
     _check_buffer(max_buffer_size)
     if track.kind != rtc.TrackKind.KIND_AUDIO:
         raise ValueError(f"not an audio track: {track!r}")
-    async with open_bridge() as bridge, open_owned_nursery() as nursery:
+    async with open_bridge() as bridge:
         handoff = Handoff[AudioFrame]()
         receive = handoff.subscribe(max_buffer_size)
-        native = await bridge.call(
-            functools.partial(
-                rtc.AudioStream.from_track,
-                track=track,
-                loop=bridge.loop,
-                sample_rate=sample_rate,
-                num_channels=num_channels,
-                frame_size_ms=frame_size_ms,
-            )
-        )
-        unregister = add_native_cleanup(bridge, "stream", native.aclose)
-        stream = AudioReceiveStream(receive, handoff, track, sample_rate, num_channels)
-        nursery.start_soon(_run_pump, bridge, _pump_audio, native, handoff)
+        reader = _NativeAudioReader(handoff, bridge.loop)
+        unregister = add_native_cleanup(bridge, "stream", reader.aclose)
         try:
-            yield stream
+            await bridge.call(reader.start, track, sample_rate, num_channels, frame_size_ms)
+            yield AudioReceiveStream(receive, handoff, track, sample_rate, num_channels)
         finally:
-            nursery.cancel_scope.cancel()
-            await close_native(bridge, native.aclose, unregister=unregister, what="an audio stream")
+            await close_native(bridge, reader.aclose, unregister=unregister, what="an audio stream")
             handoff.close()
 
 
@@ -440,7 +564,9 @@ async def open_video_stream(
         ValueError: A format the native stream never delivers, or not a video track.
 
     Cancellation:
-        As :func:`open_audio_stream`.
+        The native stream is read by a task in a nursery the block owns. Leaving the
+        block (normally, by an exception or by cancellation) stops that task and
+        closes the native stream, shielded and bounded by a couple of seconds.
     """
     format = _video_format(format)
     check_limits("video_stream", format=format)

@@ -646,7 +646,10 @@ class Worker:
         try:
             running = self._state.terminate(job_id)
         except InvalidTransition as exc:
-            logger.warning("ignoring %s", exc)
+            # A job that has just ended is normal: the server saw its agent leave the
+            # room before our final status arrived (the official worker ignores it too).
+            level = logging.DEBUG if self._state.has_ended(job_id) else logging.WARNING
+            logger.log(level, "ignoring %s", exc)
             return
         if running:
             logger.info("job %s terminated by the server", job_id)
