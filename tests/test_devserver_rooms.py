@@ -164,6 +164,7 @@ async def test_clients_see_each_other_join_and_leave(
             assert room.sid == await bridge.run(sid)
         (left,) = await alice.next("participant_disconnected")
         assert left.identity == "bob"
+        assert left.disconnect_reason == rtc.DisconnectReason.CLIENT_INITIATED
         assert list(server.rooms["r-join"].participants) == ["alice"]
 
 
@@ -259,6 +260,7 @@ async def test_remove_participant_and_delete_room_disconnect_clients(
         assert reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
         (left,) = await alice.next("participant_disconnected")
         assert left.identity == "bob"
+        assert left.disconnect_reason == rtc.DisconnectReason.PARTICIPANT_REMOVED
         await server.delete_room("r-rm")
         (reason,) = await alice.next("disconnected")
         assert reason == rtc.DisconnectReason.ROOM_DELETED

@@ -423,15 +423,20 @@ class RtcService:
         finally:
             with trio.CancelScope(shield=True):
                 self._leave(session)
+                # Tell the client first: closing its peer connection before the
+                # leave arrives makes it log "data channel closed unexpectedly".
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._send_leave(session)
+                    try:
+                        await transport.close(1000)
+                    except (trio.BusyResourceError, trio.BrokenResourceError):
+                        pass  # the connection is going away under us: nothing to tell
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await bridge.run(peer.close)
                     forget_peer()
                     if subscriber is not None:
                         await bridge.run(subscriber.close)
                         forget_subscriber()
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._send_leave(session)
-                    await transport.close(1000)
                 self._sessions.discard(session)
                 session.done.set()
 
@@ -444,7 +449,7 @@ class RtcService:
         )
         try:
             await session.transport.send(rtc_pb.SignalResponse(leave=leave).SerializeToString())
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BusyResourceError, trio.BrokenResourceError):
             pass
 
     async def _get_room(self, bridge: AsyncioBridge, name: str) -> _RtcRoom:
@@ -507,6 +512,10 @@ class RtcService:
         for sid in list(session.published):
             self._unpublish(session, sid, announce=False)
         session.info.state = models_pb.ParticipantInfo.DISCONNECTED
+        # As the Go server reports it: the client's own leave, or the server's reason.
+        session.info.disconnect_reason = (
+            session.leave_reason if session.leave_reason is not None else models_pb.CLIENT_INITIATED
+        )
         session.info.version += 1
         self._broadcast(room, session.info)
         self._registry.on_participant_left(room.name, session.identity)
