@@ -212,6 +212,37 @@ class MediaRoom:
             peer.send_data(label, data)
 
 
+class _DataOut:
+    """The data channels packets to a client go out on, by label; what is sent
+    before a channel exists or is open waits (up to ``DATA_BACKLOG`` per label)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, RTCDataChannel] = {}
+        self._backlog: dict[str, collections.deque[bytes]] = {}
+
+    def attach(self, label: str, channel: RTCDataChannel) -> None:
+        """Send *label*'s packets on *channel* once it is open."""
+        self._channels[label] = channel
+        if channel.readyState == "open":
+            self._flush(label)
+        else:
+            channel.on("open", functools.partial(self._flush, label))
+
+    def send(self, label: str, data: bytes) -> None:
+        channel = self._channels.get(label)
+        if channel is not None and channel.readyState == "open":
+            channel.send(data)
+        else:
+            backlog = self._backlog.setdefault(label, collections.deque(maxlen=DATA_BACKLOG))
+            backlog.append(data)
+
+    def _flush(self, label: str) -> None:
+        channel = self._channels[label]
+        backlog = self._backlog.pop(label, None)
+        while backlog:
+            channel.send(backlog.popleft())
+
+
 class Peer:
     """One participant's peer connection (single-PC ``/rtc/v1``), on the asyncio loop.
 
@@ -228,8 +259,7 @@ class Peer:
         self.identity = identity
         self.sid = sid
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._channels: dict[str, RTCDataChannel] = {}
-        self._backlog: dict[str, collections.deque[bytes]] = {}
+        self._data = _DataOut()
         self._pending_candidates: list[RTCIceCandidate] = []
         self._outgoing: list[_Outgoing] = []
         self._mid_to_track: dict[str, str] = {}
@@ -250,11 +280,7 @@ class Peer:
     def _on_channel(self, channel: RTCDataChannel) -> None:
         label = channel.label
         if label in (RELIABLE_LABEL, LOSSY_LABEL):
-            self._channels[label] = channel
-            if channel.readyState == "open":
-                self._flush(label)
-            else:
-                channel.on("open", lambda: self._flush(label))
+            self._data.attach(label, channel)
 
         def on_message(message: bytes | str) -> None:
             if isinstance(message, bytes) and label in (RELIABLE_LABEL, LOSSY_LABEL):
@@ -275,19 +301,8 @@ class Peer:
         """
         if self.downstream is not None:
             self.downstream.send_data(label, data)
-            return
-        channel = self._channels.get(label)
-        if channel is not None and channel.readyState == "open":
-            channel.send(data)
         else:
-            backlog = self._backlog.setdefault(label, collections.deque(maxlen=DATA_BACKLOG))
-            backlog.append(data)
-
-    def _flush(self, label: str) -> None:
-        channel = self._channels[label]
-        backlog = self._backlog.pop(label, None)
-        while backlog:
-            channel.send(backlog.popleft())
+            self._data.send(label, data)
 
     async def add_candidate(self, candidate_init: str) -> None:
         """Add a trickled ICE candidate (JSON ``RTCIceCandidateInit``); buffered until
@@ -380,30 +395,17 @@ class SubscriberPeer:
     def __init__(self, room: MediaRoom) -> None:
         self.room = room
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._channels = {
-            RELIABLE_LABEL: self.pc.createDataChannel(RELIABLE_LABEL, ordered=True),
-            LOSSY_LABEL: self.pc.createDataChannel(LOSSY_LABEL, ordered=False, maxRetransmits=0),
-        }
-        self._backlog: dict[str, collections.deque[bytes]] = {}
+        self._data = _DataOut()
+        self._data.attach(RELIABLE_LABEL, self.pc.createDataChannel(RELIABLE_LABEL, ordered=True))
+        self._data.attach(
+            LOSSY_LABEL, self.pc.createDataChannel(LOSSY_LABEL, ordered=False, maxRetransmits=0)
+        )
         self._pending_candidates: list[RTCIceCandidate] = []
-        for label, channel in self._channels.items():
-            channel.on("open", functools.partial(self._flush, label))
         self._senders: dict[str, RTCRtpTransceiver] = {}
 
     def send_data(self, label: str, data: bytes) -> None:
         """Send a serialized ``DataPacket``; kept until the channel is open."""
-        channel = self._channels[label]
-        if channel.readyState == "open":
-            channel.send(data)
-        else:
-            backlog = self._backlog.setdefault(label, collections.deque(maxlen=DATA_BACKLOG))
-            backlog.append(data)
-
-    def _flush(self, label: str) -> None:
-        channel = self._channels[label]
-        backlog = self._backlog.pop(label, None)
-        while backlog:
-            channel.send(backlog.popleft())
+        self._data.send(label, data)
 
     def add_track(self, source: MediaStreamTrack, track_sid: str, participant_sid: str) -> None:
         """Send *source* (relayed) to the client, from the next offer on."""

@@ -28,7 +28,7 @@ from ._ids import NODE_PREFIX, new_guid
 from ._peer import DataRecord
 from ._rooms import RoomRegistry, ServerRoom
 from ._roomservice import server_api
-from ._signal import RtcService
+from ._signal import RtcService, apply_participant_update
 from ._state import Changes, Counters, Faults
 from ._twirp import TwirpServer
 
@@ -630,17 +630,9 @@ class DevServer:
         if connected is not None:
             return _copy(connected)
         info = self._participant(room, identity)
-        if metadata:
-            info.metadata = metadata
-        if name:
-            info.name = name
-        if permission is not None:
-            info.permission.CopyFrom(permission)
-        for key, value in (attributes or {}).items():
-            if value:
-                info.attributes[key] = value
-            else:
-                info.attributes.pop(key, None)
+        apply_participant_update(
+            info, metadata=metadata, name=name, attributes=attributes, permission=permission
+        )
         self._changes.notify()
         return _copy(info)
 

@@ -708,12 +708,9 @@ class RtcService:
     def _on_update_metadata(
         self, session: _Session, update: rtc_pb.UpdateParticipantMetadata
     ) -> None:
-        info = session.info
-        if update.metadata:
-            info.metadata = update.metadata
-        if update.name:
-            info.name = update.name
-        _apply_attributes(info, update.attributes)
+        apply_participant_update(
+            session.info, metadata=update.metadata, name=update.name, attributes=update.attributes
+        )
         self._changed(session)
         if update.request_id:
             session.send(
@@ -748,16 +745,11 @@ class RtcService:
         session = self._session(room_name, identity)
         if session is None:
             return None
-        info = session.info
-        if metadata:
-            info.metadata = metadata
-        if name:
-            info.name = name
-        if permission is not None:
-            info.permission.CopyFrom(permission)
-        _apply_attributes(info, attributes or {})
+        apply_participant_update(
+            session.info, metadata=metadata, name=name, attributes=attributes, permission=permission
+        )
         self._changed(session)
-        return info
+        return session.info
 
     def mute_track(
         self, room_name: str, identity: str, track_sid: str, muted: bool
@@ -801,8 +793,23 @@ class RtcService:
         return list(room.media.log) if room is not None else []
 
 
-def _apply_attributes(info: models_pb.ParticipantInfo, attributes: Mapping[str, str]) -> None:
-    for key, value in attributes.items():
+def apply_participant_update(
+    info: models_pb.ParticipantInfo,
+    *,
+    metadata: str = "",
+    name: str = "",
+    attributes: Mapping[str, str] | None = None,
+    permission: models_pb.ParticipantPermission | None = None,
+) -> None:
+    """Apply an update as Go does: empty metadata or name leave them as they are,
+    an attribute with an empty value is deleted."""
+    if metadata:
+        info.metadata = metadata
+    if name:
+        info.name = name
+    if permission is not None:
+        info.permission.CopyFrom(permission)
+    for key, value in (attributes or {}).items():
         if value:
             info.attributes[key] = value
         else:
