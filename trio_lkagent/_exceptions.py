@@ -10,10 +10,21 @@ from __future__ import annotations
 __all__ = [
     "AsyncioCancelledError",
     "AuthenticationError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ConnectError",
+    "ConnectionLostError",
+    "FatalError",
+    "InvalidJobTypeError",
+    "JobTimeoutError",
     "LKAgentError",
+    "PluginError",
     "ProtocolError",
+    "RecoveryFailedError",
+    "ResourceExhaustedError",
+    "RetryableError",
+    "ShutdownTimeoutError",
+    "WorkerNotConnectedError",
 ]
 
 
@@ -65,3 +76,82 @@ class AsyncioCancelledError(LKAgentError):
     task, so there is no result to return. When the Trio caller itself is cancelled
     it gets :class:`trio.Cancelled` as usual, never this.
     """
+
+
+class WorkerNotConnectedError(LKAgentError):
+    """An operation needs the agent-service socket while it is down.
+
+    Wait for the worker to reconnect (``Worker.statistics().connected``) or let
+    the operation be queued where the API offers that.
+    """
+
+
+class ConnectionLostError(ConnectError):
+    """An established connection (agent service or room) went away."""
+
+
+class RecoveryFailedError(ConnectError):
+    """Reconnecting gave up: the reconnect policy's attempts are exhausted.
+
+    ``serve`` raises it; a supervisor (``trio-lkagent start --processes``,
+    Kubernetes) is expected to restart the process.
+    """
+
+
+class InvalidJobTypeError(LKAgentError, ValueError):
+    """A job type that is not one of ``JobType``'s members was given."""
+
+
+class JobTimeoutError(LKAgentError):
+    """A job ran past its deadline (``WorkerOptions.job_timeout`` or ``accept(timeout=)``).
+
+    The job ends ``JS_FAILED`` with the message ``"job timed out after N s"``.
+    """
+
+
+class ResourceExhaustedError(LKAgentError):
+    """A resource limit (memory, CPU, jobs, uptime) was reached.
+
+    Attributes:
+        resource: Which resource ran out, e.g. ``"memory"``.
+    """
+
+    def __init__(self, message: str, *, resource: str = "") -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class ShutdownTimeoutError(LKAgentError):
+    """Draining took longer than ``drain_timeout`` and jobs were still running.
+
+    ``serve`` records it in its statistics and logs it; a caller that asked for
+    a strict drain gets it raised.
+    """
+
+
+class RetryableError(LKAgentError):
+    """Raised by user code: this failure is transient, a retry may succeed.
+
+    Recovery (``WorkerOptions(recovery=...)``) retries jobs that fail with it,
+    within the policy's limit.
+    """
+
+
+class FatalError(LKAgentError):
+    """Raised by user code: this failure is permanent, never retry it."""
+
+
+class CircuitOpenError(LKAgentError):
+    """A call was refused because its circuit breaker is open.
+
+    Attributes:
+        retry_after: Seconds until the breaker lets a trial call through.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PluginError(LKAgentError):
+    """A VAD, STT or TTS engine failed; the message carries the engine's own."""
