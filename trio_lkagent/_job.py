@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from livekit import rtc
 
     from ._room import AutoSubscribe, Room
-    from ._worker import Worker
+    from ._worker import Entrypoint, Worker
+    from .handlers import AgentHandler, AutoDisconnect
 
 __all__ = ["AcceptInfo", "JobContext", "JobRequest", "ShutdownCallback"]
 
@@ -37,6 +38,13 @@ class AcceptInfo:
     name: str = ""
     metadata: str = ""
     attributes: Mapping[str, str] = attrs.field(factory=dict)
+    # issue-12: the agent chosen per request, its subscriptions and auto-disconnect rule.
+    #: The entrypoint or handler for this job (None: the worker's own).
+    entrypoint: Entrypoint | AgentHandler | None = attrs.field(default=None, eq=False)
+    #: Default for ``ctx.connect`` (None: ``AutoSubscribe.AUDIO_ONLY``).
+    auto_subscribe: AutoSubscribe | None = None
+    #: None: ``AutoDisconnect.DEFAULT`` for handlers, ``NONE`` for entrypoints.
+    auto_disconnect: AutoDisconnect | None = None
 
 
 class JobRequest:
@@ -85,6 +93,9 @@ class JobRequest:
         name: str = "",
         metadata: str = "",
         attributes: Mapping[str, str] | None = None,
+        entrypoint: Entrypoint | AgentHandler | None = None,
+        auto_subscribe: AutoSubscribe | None = None,
+        auto_disconnect: AutoDisconnect | None = None,
     ) -> None:
         """Take the job. The server answers with an assignment and the entrypoint runs.
 
@@ -94,6 +105,15 @@ class JobRequest:
             name: Display name.
             metadata: Participant metadata.
             attributes: Participant attributes.
+            entrypoint: The entrypoint function or handler object
+                (:mod:`trio_lkagent.handlers`) to run this job with, instead of
+                the worker's own.
+            auto_subscribe: What the job's room subscribes to: the default of
+                ``ctx.connect`` and what a handler's room is joined with
+                (default ``AutoSubscribe.AUDIO_ONLY``).
+            auto_disconnect: When the job leaves its room on its own
+                (``AutoDisconnect``; default ``DEFAULT`` for handlers, ``NONE``
+                for entrypoints).
 
         Raises:
             RuntimeError: the request was answered already.
@@ -104,6 +124,9 @@ class JobRequest:
             name=name,
             metadata=metadata,
             attributes=dict(attributes or {}),
+            entrypoint=entrypoint,
+            auto_subscribe=auto_subscribe,
+            auto_disconnect=auto_disconnect,
         )
         await self._worker._answer(self._job, info)
 
@@ -155,6 +178,9 @@ class JobContext:
         self._room: Room | None = None
         #: Room events dropped for slow consumers in rooms this job has left.
         self._events_dropped = 0
+        # issue-12: the target of a participant/publisher job; set when the room changes.
+        self._participant: rtc.RemoteParticipant | None = None
+        self._room_changed = trio.Event()
 
     @property
     def job(self) -> agent_pb.Job:
@@ -222,6 +248,25 @@ class JobContext:
             raise RuntimeError("not connected: use `async with ctx.connect() as room:`")
         return self._room
 
+    @property
+    def participant(self) -> rtc.RemoteParticipant:
+        """The participant a PARTICIPANT job is for, or the publisher of a PUBLISHER job.
+
+        Handlers get it already waited for in ``on_job_assigned``; an entrypoint
+        waits with ``await ctx.wait_for_participant(ctx.job.participant.identity)``
+        (which also sets it). Its tracks: ``ctx.participant.track_publications``.
+
+        Raises:
+            RuntimeError: a ROOM job, or the participant has not been waited for.
+        """
+        if self._participant is None:
+            raise RuntimeError(
+                f"no target participant for this {self.job_type.name} job"
+                if self.job_type is JobType.ROOM
+                else "the target participant is not in the room yet"
+            )
+        return self._participant
+
     @asynccontextmanager
     async def connect(
         self,
@@ -256,16 +301,24 @@ class JobContext:
         async with open_room(
             self._url,
             self._token,
-            auto_subscribe=auto_subscribe or AutoSubscribe.AUDIO_ONLY,
+            auto_subscribe=auto_subscribe
+            or self._accept.auto_subscribe
+            or AutoSubscribe.AUDIO_ONLY,
             connect_timeout=connect_timeout,
             options=options,
         ) as room:
             self._room = room
+            self._notify_room_changed()
             try:
                 yield room
             finally:
                 self._events_dropped += room.statistics().events_dropped
                 self._room = None
+                self._notify_room_changed()
+
+    def _notify_room_changed(self) -> None:
+        self._room_changed.set()
+        self._room_changed = trio.Event()
 
     async def wait_for_participant(
         self,
@@ -286,7 +339,10 @@ class JobContext:
             RuntimeError: Not connected (use :meth:`connect` first).
         """
         with trio.fail_after(math.inf if timeout is None else timeout):
-            return await self.room.wait_for_participant(identity, kind=kind)
+            participant = await self.room.wait_for_participant(identity, kind=kind)
+        if identity and identity == self._job.participant.identity:
+            self._participant = participant
+        return participant
 
     async def publish_data(
         self,

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -41,6 +41,9 @@ from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
+
+if TYPE_CHECKING:
+    from .handlers import AgentHandler
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
@@ -87,7 +90,10 @@ class Worker:
 
     Args:
         entrypoint: ``async def entrypoint(ctx: JobContext)``, called once per
-            job, inside the job's cancel scope.
+            job, inside the job's cancel scope; or a handler object
+            (:class:`trio_lkagent.handlers.AgentHandler`), whose
+            ``on_job_request`` answers requests (unless *request_handler* is
+            given) and whose hooks run the job (``docs/handlers.md``).
         options: Connection and capacity settings (default: ``WorkerOptions()``,
             which reads ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET``).
         request_handler: ``async def on_request(req: JobRequest)``, which calls
@@ -103,11 +109,14 @@ class Worker:
 
     def __init__(
         self,
-        entrypoint: Entrypoint,
+        entrypoint: Entrypoint | AgentHandler,
         options: WorkerOptions | None = None,
         *,
         request_handler: RequestHandler | None = None,
     ) -> None:
+        # issue-12: a handler object answers requests with its on_job_request.
+        if request_handler is None and callable(getattr(entrypoint, "on_job_request", None)):
+            request_handler = entrypoint.on_job_request  # type: ignore[union-attr]
         self._entrypoint = entrypoint
         self._options = options if options is not None else WorkerOptions()
         self._request_handler = request_handler
@@ -669,7 +678,10 @@ class Worker:
         try:
             with ctx.cancel_scope:
                 try:
-                    await self._entrypoint(ctx)
+                    # issue-12: the per-accept agent, handlers and auto-disconnect.
+                    from .handlers._runner import run_agent
+
+                    await run_agent(ctx, self._entrypoint, grace=self._options.shutdown_grace)
                     outcome = Outcome.RETURNED
                 except BaseException as exc:
                     failure = _without_cancelled(exc)
