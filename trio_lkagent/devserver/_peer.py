@@ -46,6 +46,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models as models_pb
 
+from ._speakers import LevelTap
+
 __all__ = [
     "DataRecord",
     "MediaRoom",
@@ -126,6 +128,8 @@ class NewTrack:
     kind: str
     mid: str
     track: MediaStreamTrack
+    #: Audio level and reception measurements of an audio track (``_speakers``).
+    tap: LevelTap | None = None
 
 
 @attrs.frozen
@@ -362,8 +366,11 @@ class Peer:
                 sending.add(mid)
                 if id(transceiver.receiver) not in self._known_receivers:
                     self._known_receivers.add(id(transceiver.receiver))
+                    tap = None
+                    if receiver_track.kind == "audio":
+                        tap = LevelTap(transceiver.receiver, receiver_track, self.room.relay)
                     new_tracks.append(
-                        NewTrack(receiver_track.id, receiver_track.kind, mid, receiver_track)
+                        NewTrack(receiver_track.id, receiver_track.kind, mid, receiver_track, tap)
                     )
         local = self.pc.localDescription
         return Answer(local.sdp, dict(self._mid_to_track), new_tracks, frozenset(sending))

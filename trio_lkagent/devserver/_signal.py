@@ -46,6 +46,7 @@ from ._auth import ERR_PERMISSION_DENIED, AuthFailure, Grants
 from ._ids import new_guid
 from ._peer import DataRecord, MediaRoom, Peer, SubscriberPeer, restrict_ice_to_loopback
 from ._rooms import RoomRegistry
+from ._speakers import LevelTap, observe_rooms
 from ._transport import WebSocketTransport
 
 __all__ = ["RTC_V0_PATH", "RTC_V1_PATH", "RtcService", "parse_join_request"]
@@ -104,6 +105,8 @@ class _Publication:
     mid: str
     track: MediaStreamTrack
     publisher: _Session
+    #: The level/quality tap of an audio track (active speakers, connection quality).
+    tap: LevelTap | None = None
 
 
 class _RtcRoom:
@@ -298,6 +301,8 @@ class RtcService:
             if self._bridge is None:
                 restrict_ice_to_loopback()
                 self._bridge = await self._nursery.start(self._hold_bridge)
+                # Active speakers and connection quality, for every room from now on.
+                self._nursery.start_soon(observe_rooms, lambda: self._rooms.values(), self._bridge)
             return self._bridge
 
     async def _hold_bridge(self, *, task_status: trio.TaskStatus[AsyncioBridge]) -> None:
@@ -647,7 +652,7 @@ class RtcService:
                 logger.info("%s sent an unannounced %s track", session.identity, new.kind)
                 continue
             info.mid = new.mid
-            self._publish(session, _Publication(info, new.mid, new.track, session))
+            self._publish(session, _Publication(info, new.mid, new.track, session, new.tap))
 
     def _publish(self, session: _Session, publication: _Publication) -> None:
         room = session.room
@@ -660,7 +665,9 @@ class RtcService:
                 other.subscribe(publication)
 
     def _unpublish(self, session: _Session, sid: str, *, announce: bool) -> None:
-        session.published.pop(sid, None)
+        publication = session.published.pop(sid, None)
+        if publication is not None and publication.tap is not None:
+            session.bridge.loop.call_soon_threadsafe(publication.tap.close)
         remaining = [t for t in session.info.tracks if t.sid != sid]
         del session.info.tracks[:]
         session.info.tracks.extend(remaining)
