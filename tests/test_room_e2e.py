@@ -10,7 +10,6 @@ a real participant sees.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import pathlib
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,6 @@ import trio
 from livekit import api as lkapi
 from livekit import rtc
 from livekit.protocol import agent as agent_pb
-from livekit.protocol import agent_dispatch as dispatch_pb
 
 from trio_lkagent import JobContext, Worker
 from trio_lkagent._bridge import AsyncioBridge, Handoff, open_bridge
@@ -392,74 +390,6 @@ async def test_a_slow_consumer_neither_deadlocks_nor_slows_the_others(server: De
         assert slow_stats.dropped >= n - 3
         assert stats.events.subscribers[1].dropped == 0
         assert len([slow.receive_nowait() for _ in range(4)]) == 4
-
-
-# ------------------------------------------------------------------ the analytics example
-
-
-def _load_example(name: str) -> Any:
-    path = pathlib.Path(__file__).parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class Changes:
-    """Wakes waiters each time the example has handled an event (it runs in Trio)."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        with trio.fail_after(SAFETY_TIMEOUT):
-            while not predicate():
-                await self._event.wait()
-
-
-async def test_room_analytics_example(server: DevServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    example = _load_example("room_analytics")
-    changes = Changes()
-    handle_event = example.handle_event
-
-    def handle_and_notify(session: Any, event: RoomEvent) -> None:
-        handle_event(session, event)
-        changes.notify()
-
-    monkeypatch.setattr(example, "handle_event", handle_and_notify)
-    analytics = example.AnalyticsCollector()
-    worker = example.make_worker(worker_options(server, agent_name=example.AGENT_NAME), analytics)
-    # A safety net: drain() waits for the job, which ends when the room closes.
-    with trio.fail_after(5 * SAFETY_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(worker.serve)
-            # Go's default departure timeout (20 s) would keep the job, and drain(), waiting.
-            await server.create_room(
-                "e2e-analytics",
-                agents=[dispatch_pb.RoomAgentDispatch(agent_name=example.AGENT_NAME)],
-                departure_timeout=1,
-            )
-            with trio.fail_after(SAFETY_TIMEOUT):
-                await server.wait_for_job(room="e2e-analytics", status=agent_pb.JS_RUNNING)
-            async with open_room(server.url, join_token(server, "e2e-analytics", "ivy")) as ivy:
-                with trio.fail_after(SAFETY_TIMEOUT):
-                    await ivy.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
-                await ivy.publish_data(b'{"hello": "analytics"}')
-                async with ivy.publish_audio(sample_rate=RATE) as out:
-                    await out.write(tone(440, 0.1))
-                    session = analytics.sessions["e2e-analytics"]
-                    await changes.wait_until(lambda: session.stats().tracks == 1)
-            await changes.wait_until(lambda: session.stats().participants == 0)
-            stats = session.stats()
-            assert (stats.data_messages, stats.tracks) == (1, 0)
-            assert [p.identity for p in session.participants.values()] == ["ivy"]
-            worker.drain()
-    assert analytics.summary()[0] == "Total rooms monitored: 1"
 
 
 # ------------------------------------------------------------------ leaving while joining

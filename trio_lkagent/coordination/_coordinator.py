@@ -100,6 +100,7 @@ class CoordinatedParticipant:
         speaking: An active speaker now.
         tracks: Sids of the tracks it has published now.
         metadata: Its metadata, as last seen.
+        attributes: Its attributes, as when it last joined.
     """
 
     identity: str
@@ -113,6 +114,7 @@ class CoordinatedParticipant:
     speaking: bool = False
     tracks: set[str] = attrs.field(factory=set)
     metadata: str = ""
+    attributes: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -349,7 +351,11 @@ class ParticipantCoordinator:
                 pass
             for participant in room.remote_participants.values():
                 await self._joined(
-                    participant.identity, participant.name, participant.kind, participant.metadata
+                    participant.identity,
+                    participant.name,
+                    participant.kind,
+                    participant.metadata,
+                    participant.attributes,
                 )
                 for publication in participant.track_publications.values():
                     await self._track(participant.identity, publication.sid, published=True)
@@ -361,7 +367,7 @@ class ParticipantCoordinator:
         """Apply one room event (what :meth:`run` does for each), then hooks and rules."""
         match event:
             case ParticipantConnected(identity=who, info=info):
-                await self._joined(who, info.name, info.kind, info.metadata)
+                await self._joined(who, info.name, info.kind, info.metadata, info.attributes)
             case ParticipantDisconnected(identity=who):
                 await self._left(who)
             case TrackPublished(identity=who, track=track):
@@ -413,10 +419,18 @@ class ParticipantCoordinator:
             others.append(self.local_identity)
         return [who for who in others if who != identity]
 
-    async def _joined(self, identity: str, name: str, kind: int, metadata: str) -> None:
+    async def _joined(
+        self,
+        identity: str,
+        name: str,
+        kind: int,
+        metadata: str,
+        attributes: Mapping[str, str] | None = None,
+    ) -> None:
         record = self._record(identity)
         if record.present:
             return  # seen in the snapshot already
+        record.attributes = dict(attributes or {})
         at = self._clock()
         record.present, record.name, record.kind, record.metadata = True, name, kind, metadata
         record.joined_at, record.left_at = at, None
@@ -507,7 +521,10 @@ class ParticipantCoordinator:
 
 @asynccontextmanager
 async def open_coordinator(
-    room: Room, *, clock: Callable[[], float] = trio.current_time
+    room: Room,
+    *,
+    clock: Callable[[], float] = trio.current_time,
+    coordinator: ParticipantCoordinator | None = None,
 ) -> AsyncIterator[ParticipantCoordinator]:
     """A :class:`ParticipantCoordinator` fed from *room* by a task this block owns.
 
@@ -517,8 +534,15 @@ async def open_coordinator(
         async with open_coordinator(room) as coord:
             coord.create_group("speakers")
             ...
+
+    Args:
+        room: The room to follow.
+        clock: Where times come from (for a new coordinator).
+        coordinator: Feed this one instead of a new one: rules and handlers added
+            before see those already in the room join too.
     """
-    coordinator = ParticipantCoordinator(clock=clock)
+    if coordinator is None:
+        coordinator = ParticipantCoordinator(clock=clock)
     async with trio.open_nursery() as nursery:
         await nursery.start(coordinator.run, room)
         yield coordinator

@@ -351,14 +351,19 @@ class EventProcessor:
 
 @asynccontextmanager
 async def open_event_processor(
-    room: Room | None = None, **options: Any
+    room: Room | None = None, *, processor: EventProcessor | None = None, **options: Any
 ) -> AsyncIterator[EventProcessor]:
     """An :class:`EventProcessor` running in a task this block owns, fed from *room* if given.
 
-    Keyword arguments are those of :class:`EventProcessor`. On exit, partly
-    filled batches are delivered (shielded, bounded to 1 s) and the tasks stop.
+    Keyword arguments are those of :class:`EventProcessor`; or pass a configured
+    *processor* (then its filters and handlers see the room's first events too).
+    On exit, partly filled batches are delivered (shielded, bounded to 1 s) and
+    the tasks stop.
     """
-    processor = EventProcessor(**options)
+    if processor is None:
+        processor = EventProcessor(**options)
+    elif options:
+        raise TypeError("give a processor or its options, not both")
     async with trio.open_nursery() as nursery:
         await nursery.start(processor.run)
         if room is not None:
