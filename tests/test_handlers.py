@@ -218,6 +218,24 @@ async def test_every_hook_in_event_order_then_auto_disconnect(server: DevServer)
     assert order[-1] == ("terminated", "auto disconnect: the last participant left", "recorder")
 
 
+async def test_those_already_there_are_announced_once(server: DevServer) -> None:
+    recorder = Recorder()
+    async with (
+        serving(server, recorder) as (_, bridge),
+        open_client(bridge, server.url, token(server, "h-before", "hal")) as hal,
+        client_microphone(hal),
+    ):
+        # hal is in the room with a track before the agent is dispatched there.
+        await server.create_dispatch("h-before", "test-agent")
+        await recorder.wait_for(lambda calls: ("subscribed", "hal", 1) in calls)
+        await bridge.run(hal.room.local_participant.publish_data, b"now")
+        await recorder.wait_for(lambda calls: any(c[0] == "data" for c in calls))
+    names = recorder.names()
+    assert names.count("joined") == 1
+    assert names.count("published") == 1
+    assert ("published", "hal", "mic") in recorder.calls
+
+
 async def test_a_participant_back_within_the_grace_keeps_the_job(server: DevServer) -> None:
     recorder = Recorder(auto_disconnect=AutoDisconnect(grace=3.0))
     async with serving(server, recorder, "h-grace") as (worker, bridge):

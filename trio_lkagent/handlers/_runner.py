@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from livekit import rtc
 
 from .._options import JobType
 from ..events import (
@@ -37,6 +36,8 @@ from ..events import (
 from ._handler import AgentHandler, AutoDisconnect, is_handler
 
 if TYPE_CHECKING:
+    from livekit import rtc
+
     from .._job import JobContext
     from .._room import Room
 
@@ -44,7 +45,7 @@ __all__ = ["run_agent", "watch_auto_disconnect"]
 
 logger = logging.getLogger("trio_lkagent.handlers")
 
-_AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+_AGENT = 4  # livekit.rtc.ParticipantKind.PARTICIPANT_KIND_AGENT (not imported: lazy)
 
 
 async def run_agent(ctx: JobContext, default: Any, *, grace: float = 2.0) -> None:
@@ -194,14 +195,23 @@ async def _dispatch(
     """Await the handler's hook for each room event, in order, one at a time."""
     speaking: dict[str, rtc.Participant] = {}
     joined: set[str] = set()
+    published: set[str] = set()
     with events:
-        # Those already in the room when we joined are "joined" too.
+        # Those already in the room when we joined are "joined" too, with their tracks.
         for identity, participant in room.remote_participants.items():
             joined.add(identity)
             await handler.on_participant_joined(ctx, participant)
+            for publication in list(participant.track_publications.values()):
+                published.add(publication.sid)
+                await handler.on_track_published(ctx, publication, participant)
         async for event in events:
-            call = _hook_call(handler, ctx, event, speaking, joined)
-            for hook in call:
+            if isinstance(event, TrackPublished):
+                if event.track.sid in published:
+                    continue  # announced from the snapshot already
+                published.add(event.track.sid)
+            elif isinstance(event, TrackUnpublished):
+                published.discard(event.track.sid)
+            for hook in _hook_call(handler, ctx, event, speaking, joined):
                 await hook()
 
 
