@@ -255,7 +255,8 @@ async def test_auto_disconnect_none_stays(server: DevServer) -> None:
         async with open_client(bridge, server.url, token(server, "h-stay", "carol")):
             await recorder.wait_for(lambda calls: ("joined", "carol") in calls)
         await recorder.wait_for(lambda calls: ("left", "carol") in calls)
-        with trio.move_on_after(0.5):  # the default grace would have ended it by now... not NONE
+        # AutoDisconnect(grace=0) ends a job at once (test_accept_chooses_...); NONE never.
+        with trio.move_on_after(0.5):
             await recorder.wait_for(lambda calls: "terminated" in [c[0] for c in calls])
         assert "terminated" not in recorder.names()
         assert worker.statistics().running_jobs == 1
