@@ -264,6 +264,45 @@ async def test_auto_disconnect_none_stays(server: DevServer) -> None:
     assert recorder.calls[-1][0] == "terminated"
 
 
+async def test_a_slow_hook_delays_only_its_own_job(server: DevServer) -> None:
+    release = trio.Event()
+    calls: list[tuple[str, str, bytes]] = []
+
+    async def on_data(ctx: JobContext, data: bytes, participant: Any, topic: str) -> None:
+        calls.append((ctx.room_name, "data", data))
+        if ctx.room_name == "h-slow-a" and data == b"first":
+            await release.wait()  # this job's dispatcher is stuck here
+
+    handler = SimpleHandler(on_data_received=on_data)
+    async with serving(server, handler) as (_, bridge):
+        for room in ("h-slow-a", "h-slow-b"):
+            await server.create_dispatch(room, "test-agent")
+            with trio.fail_after(SAFETY_TIMEOUT):
+                await server.wait_for_job(room=room, status=agent_pb.JS_RUNNING)
+        async with (
+            open_client(bridge, server.url, token(server, "h-slow-a", "amy")) as amy,
+            open_client(bridge, server.url, token(server, "h-slow-b", "ben")) as ben,
+        ):
+            for client in (amy, ben):
+                with trio.fail_after(SAFETY_TIMEOUT):
+                    while not client.room.remote_participants:
+                        await client.next("participant_connected")
+            await bridge.run(amy.room.local_participant.publish_data, b"first")
+            await bridge.run(amy.room.local_participant.publish_data, b"second")
+            await bridge.run(ben.room.local_participant.publish_data, b"other room")
+            with trio.fail_after(SAFETY_TIMEOUT):
+                while ("h-slow-b", "data", b"other room") not in calls:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            # Job A's later hook waits behind its slow one; job B went on.
+            assert ("h-slow-a", "data", b"second") not in calls
+            release.set()
+            with trio.fail_after(SAFETY_TIMEOUT):
+                while ("h-slow-a", "data", b"second") not in calls:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+    room_a = [c[2] for c in calls if c[0] == "h-slow-a"]
+    assert room_a == [b"first", b"second"]
+
+
 # ------------------------------------------------------------------ failures
 
 
