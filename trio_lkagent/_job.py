@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
@@ -153,6 +154,13 @@ class JobContext:
         self._shutdown_reason: str | None = None
         self._callbacks: list[ShutdownCallback] = []
         self._room: Room | None = None
+        #: Set by the worker's job runner: the nursery that holds the job's rooms,
+        #: outside the job's cancel scope, so that the room is left only after
+        #: the job's final status reached the server (see ``Worker._run_job``).
+        #: None for a context built outside a worker: the block then owns the room.
+        self._rooms: trio.Nursery | None = None
+        #: The room held in that nursery and the event that makes it leave.
+        self._held_room: tuple[Room, trio.Event] | None = None
         #: Room events dropped for slow consumers in rooms this job has left.
         self._events_dropped = 0
 
@@ -232,6 +240,15 @@ class JobContext:
     ) -> AsyncIterator[Room]:
         """Join the job's room (:func:`~trio_lkagent.open_room` with the job's URL and token).
 
+        The room belongs to the job, not to the block: leaving the block ends
+        :attr:`room`, and the agent leaves the room when the job ends, right
+        after the job's final status (``JS_SUCCESS``, or ``JS_FAILED`` with the
+        error) reached the server. LiveKit's server fails a running job whose
+        agent leaves its room ("agent worker left the room"); this ordering is
+        what lets a job that ends by itself be recorded as it ended. Entering
+        ``connect()`` again in the same job enters the same room again (leaving
+        it would end the job on the server).
+
         Args:
             auto_subscribe: Remote tracks to subscribe to by ourselves
                 (default ``AutoSubscribe.AUDIO_ONLY``).
@@ -246,26 +263,71 @@ class JobContext:
             RuntimeError: Already connected.
 
         Cancellation:
-            The job's cancellation (termination, shutdown) leaves the block and
-            disconnects, shielded and bounded.
+            The job's cancellation (termination, shutdown, timeout) leaves the
+            block; the room is left after the final status, shielded and bounded.
+            When ``serve`` itself is cancelled, the room is left at once and the
+            final status is sent when the worker closes its socket.
         """
         from ._room import AutoSubscribe, open_room
 
         if self._room is not None:
             raise RuntimeError("this job is already connected to its room")
-        async with open_room(
+        opening = functools.partial(
+            open_room,
             self._url,
             self._token,
             auto_subscribe=auto_subscribe or AutoSubscribe.AUDIO_ONLY,
             connect_timeout=connect_timeout,
             options=options,
-        ) as room:
-            self._room = room
-            try:
-                yield room
-            finally:
-                self._events_dropped += room.statistics().events_dropped
-                self._room = None
+        )
+        if self._rooms is None:
+            async with opening() as room:
+                self._room = room
+                try:
+                    yield room
+                finally:
+                    self._events_dropped += room.statistics().events_dropped
+                    self._room = None
+            return
+        if self._held_room is None:
+            self._held_room = await self._rooms.start(self._hold_room, opening)
+        room = self._held_room[0]  # still in it since an earlier block: enter it again
+        self._room = room
+        try:
+            yield room
+        finally:
+            self._events_dropped += room.statistics().events_dropped
+            self._room = None
+
+    async def _hold_room(
+        self,
+        opening: Callable[[], AbstractAsyncContextManager[Room]],
+        *,
+        task_status: trio.TaskStatus[tuple[Room, trio.Event]],
+    ) -> None:
+        """Join, hand the room to ``connect``, and stay until the job runner says leave.
+
+        Runs in the job runner's room nursery: leaving ``async with ctx.connect()``
+        does not leave the room; the job's end does, after its final status is
+        on the wire (:meth:`_leave`). Errors while joining reach ``connect``'s
+        caller through ``nursery.start``; errors while leaving are logged.
+        """
+        leave = trio.Event()
+        started = False
+        try:
+            async with opening() as room:
+                task_status.started((room, leave))
+                started = True
+                await leave.wait()
+        except Exception:
+            if not started:
+                raise
+            logger.exception("leaving the room of job %s failed", self.job_id)
+
+    def _leave(self) -> None:
+        """The job's final status is out (or cannot be sent): leave the held room."""
+        if self._held_room is not None:
+            self._held_room[1].set()
 
     async def wait_for_participant(
         self,

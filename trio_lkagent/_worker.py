@@ -36,7 +36,7 @@ from livekit.protocol import agent as agent_pb
 
 from ._exceptions import AuthenticationError, ConnectError, LKAgentError, ProtocolError
 from ._job import AcceptInfo, JobContext, JobRequest
-from ._jobstate import Decline, InvalidTransition, JobStateMachine, Outcome
+from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
@@ -138,6 +138,7 @@ class Worker:
         self._cancel_new_jobs = False
         self._wake_writer = trio.Event()
         self._wake_expiry = trio.Event()
+        self._outbox_progress = trio.Event()
         self._last_status: tuple[int, float, int] | None = None
         self._pings: dict[int, float] = {}
         self._ping_rtt: float | None = None
@@ -408,6 +409,7 @@ class Worker:
                 nursery.cancel_scope.cancel()
             finally:
                 self._ws = None
+                self._outbox_moved()
                 for job_id in self._state.connection_lost():
                     logger.debug("reservation for job %s released: connection lost", job_id)
                     self._released(job_id, "connection lost")
@@ -667,32 +669,65 @@ class Worker:
         bind_job(job_id, ctx.room_name, ctx.worker_id)
         self._observe(lambda o: o.job_started(ctx))
         try:
-            with ctx.cancel_scope:
+            # Teardown order (issue 9): the job's rooms live in this nursery,
+            # outside its cancel scope, and are left only after the final status
+            # is on the wire (_report_final): the server fails a running job whose
+            # agent leaves the room first. Keep new job-runner steps inside it.
+            async with trio.open_nursery() as rooms:
+                ctx._rooms = rooms
                 try:
-                    await self._entrypoint(ctx)
-                    outcome = Outcome.RETURNED
-                except BaseException as exc:
-                    failure = _without_cancelled(exc)
-                    if failure is None or not isinstance(failure, Exception):
-                        raise
-                    # Cancellation is level-triggered: an outer one that arrived
-                    # with this failure is raised again at the next checkpoint.
-                    outcome, error = Outcome.FAILED, _describe(failure)
-                    logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
-                        "job %s failed: %s", job_id, error, exc_info=failure
-                    )
-            await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                    with ctx.cancel_scope:
+                        try:
+                            await self._entrypoint(ctx)
+                            outcome = Outcome.RETURNED
+                        except BaseException as exc:
+                            failure = _without_cancelled(exc)
+                            if failure is None or not isinstance(failure, Exception):
+                                raise
+                            # Cancellation is level-triggered: an outer one that arrived
+                            # with this failure is raised again at the next checkpoint.
+                            outcome, error = Outcome.FAILED, _describe(failure)
+                            logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
+                                "job %s failed: %s", job_id, error, exc_info=failure
+                            )
+                    await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                finally:
+                    del self._jobs[job_id]
+                    del self._job_rooms[job_id]
+                    self._room_events_dropped += ctx._events_dropped
+                    update = self._state.finish(job_id, outcome, error)
+                    if outcome is Outcome.FAILED:
+                        self._failed += 1
+                    else:
+                        self._succeeded += 1
+                    self._notify()
+                    await self._report_final(update)
+                    ctx._leave()
         finally:
-            del self._jobs[job_id]
-            del self._job_rooms[job_id]
-            self._room_events_dropped += ctx._events_dropped
-            self._state.finish(job_id, outcome, error)
-            if outcome is Outcome.FAILED:
-                self._failed += 1
-            else:
-                self._succeeded += 1
-            self._notify()
             self._observe(lambda o: o.job_ended(ctx, outcome.value, error))
+
+    async def _report_final(self, update: JobUpdate) -> None:
+        """Wait until the job's final *update* is sent, before its room is left.
+
+        Shielded (the job may be ending by cancellation) and bounded by
+        ``shutdown_grace``. Returns at once when the socket is down (the update
+        stays queued and goes out after the next registration; the room is
+        still left now) or when ``serve`` itself is being cancelled (the session
+        sends it while closing the socket, after the jobs are gone).
+        """
+        if trio.current_effective_deadline() == -math.inf:
+            return  # serve() is being cancelled: the writer is going away too
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._options.shutdown_grace
+            while self._ws is not None and self._state.is_pending(update):
+                progress = self._outbox_progress
+                await progress.wait()
+        if scope.cancelled_caught:
+            logger.warning(
+                "job %s: final status not sent within %.1f s; leaving the room anyway",
+                update.job_id,
+                self._options.shutdown_grace,
+            )
 
     # -- observers --------------------------------------------------------------------
 
@@ -741,7 +776,13 @@ class Worker:
             while (update := state.peek_update()) is not None:
                 await self._send(ws, agent_pb.WorkerMessage(update_job=update.to_proto()))
                 state.pop_update()
+                self._outbox_moved()
             await self._send_status(ws)
+
+    def _outbox_moved(self) -> None:
+        """An update was sent, or the socket went away: wake ``_report_final``."""
+        self._outbox_progress.set()
+        self._outbox_progress = trio.Event()
 
     async def _send_status(
         self, ws: trio_websocket.WebSocketConnection, *, force: bool = False
