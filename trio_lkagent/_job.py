@@ -14,7 +14,7 @@ import attrs
 import trio
 from livekit.protocol import agent as agent_pb
 
-from ._options import JobType
+from ._options import JobType, to_job_type
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -38,6 +38,8 @@ class AcceptInfo:
     name: str = ""
     metadata: str = ""
     attributes: Mapping[str, str] = attrs.field(factory=dict)
+    #: Seconds the job may run; None: ``WorkerOptions.job_timeout``; ``math.inf``: no limit.
+    timeout: float | None = None
 
 
 class JobRequest:
@@ -71,8 +73,12 @@ class JobRequest:
 
     @property
     def job_type(self) -> JobType:
-        """ROOM, PUBLISHER or PARTICIPANT."""
-        return JobType(self._job.type)
+        """ROOM, PUBLISHER or PARTICIPANT.
+
+        Raises:
+            InvalidJobTypeError: the server sent a type this SDK does not know.
+        """
+        return to_job_type(self._job.type)
 
     @property
     def answered(self) -> bool:
@@ -86,6 +92,7 @@ class JobRequest:
         name: str = "",
         metadata: str = "",
         attributes: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's deadline, not this call's
     ) -> None:
         """Take the job. The server answers with an assignment and the entrypoint runs.
 
@@ -95,16 +102,26 @@ class JobRequest:
             name: Display name.
             metadata: Participant metadata.
             attributes: Participant attributes.
+            timeout: Seconds the job may run once assigned (its ``ctx.deadline``);
+                None for ``WorkerOptions.job_timeout``, ``math.inf`` for no limit.
 
         Raises:
             RuntimeError: the request was answered already.
+            ValueError: *timeout* is not a number > 0.
+            WorkerNotConnectedError: the connection the request came on is gone
+                (the server forgot the request; nothing was sent).
         """
+        if timeout is not None and not (
+            isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+        ):
+            raise ValueError(f"timeout must be a number > 0 (or None), got {timeout!r}")
         self._claim()
         info = AcceptInfo(
             identity=identity or f"agent-{self._job.id}",
             name=name,
             metadata=metadata,
             attributes=dict(attributes or {}),
+            timeout=timeout,
         )
         await self._worker._answer(self._job, info)
 
@@ -117,6 +134,7 @@ class JobRequest:
 
         Raises:
             RuntimeError: the request was answered already.
+            WorkerNotConnectedError: the connection the request came on is gone.
         """
         self._claim()
         await self._worker._answer(self._job, None, terminate=terminate)
@@ -152,6 +170,8 @@ class JobContext:
         self._accept = accept
         self._cancel_scope = trio.CancelScope()
         self._shutdown_reason: str | None = None
+        #: Seconds the job may run, set at assignment (None: no limit).
+        self._timeout: float | None = None
         self._callbacks: list[ShutdownCallback] = []
         self._room: Room | None = None
         #: Set by the worker's job runner: the nursery that holds the job's rooms,
@@ -176,8 +196,12 @@ class JobContext:
 
     @property
     def job_type(self) -> JobType:
-        """ROOM, PUBLISHER or PARTICIPANT."""
-        return JobType(self._job.type)
+        """ROOM, PUBLISHER or PARTICIPANT.
+
+        Raises:
+            InvalidJobTypeError: the server sent a type this SDK does not know.
+        """
+        return to_job_type(self._job.type)
 
     @property
     def room_name(self) -> str:
@@ -211,8 +235,23 @@ class JobContext:
 
     @property
     def shutdown_reason(self) -> str | None:
-        """Why the job is stopping, once it is; None while it runs normally."""
+        """Why the job is stopping, once it is; None while it runs normally.
+
+        ``"job timed out after N s"`` once :attr:`deadline` has passed.
+        """
+        if self._shutdown_reason is None and self._timed_out_now():
+            return f"job timed out after {self._timeout:g} s"
         return self._shutdown_reason
+
+    @property
+    def deadline(self) -> float:
+        """When the job times out, on Trio's clock (``math.inf``: no limit).
+
+        Set at assignment from ``req.accept(timeout=...)`` or
+        ``WorkerOptions.job_timeout``; it is the deadline of :attr:`cancel_scope`,
+        so code may compare it with ``trio.current_time()`` or move it.
+        """
+        return self._cancel_scope.deadline
 
     @property
     def cancel_scope(self) -> trio.CancelScope:
@@ -389,6 +428,20 @@ class JobContext:
         this is ``trio.sleep``, kept for code ported from them.
         """
         await trio.sleep(seconds)
+
+    def _timed_out(self) -> bool:
+        """True if the job's cancel scope ended it by reaching :attr:`deadline`.
+
+        A :meth:`shutdown` (termination, draining) that came first is not a timeout.
+        """
+        return self._cancel_scope.cancelled_caught and self._timed_out_now()
+
+    def _timed_out_now(self) -> bool:
+        return (
+            self._timeout is not None
+            and self._shutdown_reason is None
+            and trio.current_time() >= self._cancel_scope.deadline
+        )
 
     def _events_dropped_now(self) -> int:
         """Room events dropped so far, in the room joined now and those left."""
