@@ -46,6 +46,7 @@ from ._auth import ERR_PERMISSION_DENIED, AuthFailure, Grants
 from ._ids import new_guid
 from ._peer import DataRecord, MediaRoom, Peer, SubscriberPeer, restrict_ice_to_loopback
 from ._rooms import RoomRegistry
+from ._tracksettings import TrackSettingsLog
 from ._transport import WebSocketTransport
 
 __all__ = ["RTC_V0_PATH", "RTC_V1_PATH", "RtcService", "parse_join_request"]
@@ -290,6 +291,8 @@ class RtcService:
         self._bridge_lock = trio.Lock()
         self._rooms: dict[str, _RtcRoom] = {}
         self._sessions: set[_Session] = set()
+        #: Subscribers' ``UpdateTrackSettings``, recorded (not acted on: one layer).
+        self.track_settings = TrackSettingsLog()
 
     # -- lifetime ----------------------------------------------------------------
 
@@ -592,6 +595,8 @@ class RtcService:
             self._on_update_metadata(session, request.update_metadata)
         elif which == "subscription":
             self._on_subscription(session, request.subscription)
+        elif which == "track_setting":
+            self.track_settings.record(session.room.name, session.identity, request.track_setting)
         elif which == "leave":
             return False
         return True
@@ -608,6 +613,9 @@ class RtcService:
             height=add.height,
             mime_type="audio/opus" if audio else "video/vp8",
             stream=add.stream,
+            disable_dtx=add.disable_dtx,
+            disable_red=add.disable_red,
+            stereo=add.stereo,
         )
         session.pending[add.cid] = info
         session.send(
