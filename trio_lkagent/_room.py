@@ -904,7 +904,9 @@ class Room:
                 (None: livekit's default for the size).
             max_framerate: Encoder frame-rate ceiling (None: livekit's default).
             simulcast: Publish several layers (``low``/``medium``/``high``) that
-                subscribers choose between (None: livekit's default, off).
+                subscribers choose between (None: livekit's default: on for sizes
+                that have several layers, e.g. 640x360 and up; the dev server relays a
+                single layer, so publish to it with ``simulcast=False``).
             codec: ``livekit.rtc.VideoCodec`` value or name (``"vp8"``, ``"h264"``,
                 ``"vp9"``, ``"av1"``, ``"h265"``; None: VP8).
 
