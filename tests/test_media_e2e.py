@@ -168,6 +168,45 @@ async def test_quality_controller_asks_the_server_for_dimensions(server: DevServ
     assert server.track_settings("q")[-1] == lower
 
 
+async def test_a_slow_consumer_makes_the_controller_ask_for_less(server: DevServer) -> None:
+    """No injected event: a consumer that does not keep up (its stream drops frames)
+    is the signal, and the server receives ever smaller dimensions."""
+    with trio.fail_after(SAFETY_TIMEOUT):
+        async with (
+            server.open_participant("pace", "camera") as camera,
+            server.open_participant(
+                "pace", "viewer", auto_subscribe=AutoSubscribe.VIDEO_ONLY
+            ) as viewer,
+            trio.open_nursery() as nursery,
+        ):
+            events = viewer.events()
+            async with camera.publish_video(320, 180, name="cam") as out:
+
+                async def film() -> None:
+                    pixels = np.full((180, 320, 4), 90, np.uint8)
+                    while True:
+                        await out.write(pixels)
+                        await trio.sleep(1 / 15)
+
+                nursery.start_soon(film)
+                event = await subscribed(viewer, events, "cam")
+                async with (
+                    open_video_stream(event.rtc_track, max_buffer_size=2) as frames,
+                    open_quality_controller(
+                        viewer, event.publication, QualityOptions(), stream=frames, interval=0.2
+                    ) as qc,
+                ):
+                    for size in [(1280, 720), (640, 360), (320, 180)]:
+                        await server.wait_for_track_settings("pace", sized(size))
+                    assert frames.statistics().dropped > 0
+                nursery.cancel_scope.cancel()
+    assert [(c.reason, c.level.height) for c in qc.history] == [("pace", 360), ("pace", 180)]
+
+
+def sized(size: tuple[int, int]) -> Callable[[TrackSettingsRecord], bool]:
+    return lambda record: (record.width, record.height) == size
+
+
 async def test_audio_publish_options_reach_the_server(server: DevServer) -> None:
     with trio.fail_after(SAFETY_TIMEOUT):
         async with (

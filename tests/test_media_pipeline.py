@@ -333,7 +333,10 @@ async def test_vad_gate_passes_speech_with_padding_and_drops_silence() -> None:
     audio = np.concatenate([silence, burst, silence, burst, silence])  # 2.1 s
     events: list[VADEvent] = []
     gate = VADGate(_EnergyVAD(), on_event=events.append)
-    out = await run_all(MediaPipeline(PipelineConfig(), [gate]), frames_of(audio, rate))
+    pipeline = MediaPipeline(PipelineConfig(), [gate])
+    out = await run_all(pipeline, frames_of(audio, rate))
+    stats = pipeline.statistics().stages[0]
+    assert (stats.name, stats.frames_in, stats.frames_out) == ("VADGate", 210, len(out))
     kept = joined(out)
     assert gate.utterances == 2
     assert [e.type for e in events if e.type is not VADEventType.INFERENCE] == [

@@ -220,6 +220,11 @@ class PipelineStatistics:
     delivered: int
 
 
+@runtime_checkable
+class _HasStatistics(Protocol):
+    def statistics(self) -> StageStatistics: ...
+
+
 _StageLike = Stage[Any, Any] | FrameStage[Any, Any] | Callable[..., Awaitable[None]]
 
 
@@ -409,7 +414,7 @@ class MediaPipeline:
         """Return per-stage counters (see :class:`PipelineStatistics`)."""
         stages = []
         for index, stage in enumerate(self._stages):
-            if isinstance(stage, FrameStage):
+            if isinstance(stage, FrameStage | _HasStatistics):
                 stats = stage.statistics()
             else:
                 stats = StageStatistics(name=getattr(stage, "__name__", type(stage).__name__))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from .._media import AudioFrame
+from ._pipeline import StageStatistics
 
 if TYPE_CHECKING:
     from ..plugins import VAD, VADEvent
@@ -85,6 +86,10 @@ class VADGate:
                         self._held.append((self._position, frame))
                         self._trim()
             stream.end_input()
+
+    def statistics(self) -> StageStatistics:
+        """Return the gate's counters (``frames_out`` includes the VAD's padding)."""
+        return StageStatistics(name="VADGate", frames_in=self.frames_in, frames_out=self.frames_out)
 
     async def _judge(
         self, stream: trio.abc.ReceiveChannel[VADEvent], send: trio.MemorySendChannel[AudioFrame]
