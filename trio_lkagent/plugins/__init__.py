@@ -27,6 +27,8 @@ from ._executor import ExecutorStatistics as ExecutorStatistics
 from ._executor import InferenceExecutor as InferenceExecutor
 from ._executor import open_inference_executor as open_inference_executor
 from ._executor import process_cache as process_cache
+from ._openai import OpenAISTT as OpenAISTT
+from ._openai import OpenAITTS as OpenAITTS
 from ._stt import PocketSphinxSTT as PocketSphinxSTT
 from ._stt import StreamAdapter as StreamAdapter
 from ._stt import warm_pocketsphinx as warm_pocketsphinx
