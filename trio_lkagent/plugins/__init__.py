@@ -23,3 +23,16 @@ from ._base import VADEventType as VADEventType
 from ._base import VADOptions as VADOptions
 from ._base import VADStream as VADStream
 from ._base import to_mono as to_mono
+from ._executor import ExecutorStatistics as ExecutorStatistics
+from ._executor import InferenceExecutor as InferenceExecutor
+from ._executor import open_inference_executor as open_inference_executor
+from ._executor import process_cache as process_cache
+from ._openai import OpenAISTT as OpenAISTT
+from ._openai import OpenAITTS as OpenAITTS
+from ._stt import PocketSphinxSTT as PocketSphinxSTT
+from ._stt import StreamAdapter as StreamAdapter
+from ._stt import warm_pocketsphinx as warm_pocketsphinx
+from ._tts import EspeakTTS as EspeakTTS
+from ._vad import EnergyVAD as EnergyVAD
+from ._vad import SileroVAD as SileroVAD
+from ._vad import WebRTCVAD as WebRTCVAD

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -221,7 +221,7 @@ class PluginStream(trio.abc.ReceiveChannel[E], Generic[E]):
         except trio.BrokenResourceError:
             if self._error is not None:
                 self._error_seen = True
-                raise self._error from None
+                raise self._error  # noqa: B904 - keep the engine's exception as the cause
             raise trio.ClosedResourceError("the stream is closed") from None
         else:
             self._pushed += 1
@@ -245,7 +245,7 @@ class PluginStream(trio.abc.ReceiveChannel[E], Generic[E]):
         except trio.EndOfChannel:
             if self._error is not None:
                 self._error_seen = True
-                raise self._error from None
+                raise self._error  # noqa: B904 - keep the engine's exception as the cause
             raise
 
     async def aclose(self) -> None:
@@ -302,16 +302,32 @@ class PluginStream(trio.abc.ReceiveChannel[E], Generic[E]):
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[PluginStream[E]]:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run, name=f"{self._name}.process")
-            try:
-                yield self
-            finally:
-                nursery.cancel_scope.cancel()
-                self._frames_send.close()
+        with _unwrap_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run, name=f"{self._name}.process")
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+                    self._frames_send.close()
         if self._error is not None and not self._error_seen:
             self._error_seen = True
             raise self._error
+
+
+@contextmanager
+def _unwrap_single() -> Iterator[None]:
+    """Let the body's own exception out of a stream's nursery as itself.
+
+    The stream's task never raises (its errors are kept for the consumer), so a
+    group of one is the body's exception, which the caller expects unwrapped.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
 
 
 class VADStream(PluginStream[VADEvent]):
@@ -352,7 +368,7 @@ class SynthesizedAudio(trio.abc.ReceiveChannel[AudioFrame]):
         except trio.EndOfChannel:
             if self._error is not None:
                 self._error_seen = True
-                raise self._error from None
+                raise self._error  # noqa: B904 - keep the engine's exception as the cause
             raise
 
     async def aclose(self) -> None:
@@ -365,15 +381,18 @@ class SynthesizedAudio(trio.abc.ReceiveChannel[AudioFrame]):
         samples = np.concatenate(chunks) if chunks else np.empty(0, np.int16)
         return AudioFrame(samples, self.sample_rate, self.num_channels)
 
-    async def _put(self, samples: Int16Array, timestamp: float) -> None:
-        """For engines: hand interleaved samples to the consumer (waits for room)."""
+    async def _put(self, samples: Int16Array, timestamp: float) -> bool:
+        """For engines: hand interleaved samples to the consumer (waits for room).
+
+        Returns False when the consumer has gone (stop synthesising)."""
         if not len(samples):
-            return
+            return True
         frame = AudioFrame(samples, self.sample_rate, self.num_channels, timestamp)
         try:
             await self._send.send(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+            return False
+        return True
 
     def _fail(self, exc: BaseException, name: str) -> None:
         self._error = exc if isinstance(exc, PluginError) else PluginError(f"{name}: {exc}")
