@@ -4,6 +4,7 @@ quality controller's decisions under a fake clock; publish options."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -490,3 +491,46 @@ def test_publish_options_reach_the_native_options() -> None:
         publish_options(rtc.TrackSource.SOURCE_CAMERA, codec="mpeg2", video_height=360)
     with pytest.raises(ValueError, match="max_bitrate"):
         publish_options(rtc.TrackSource.SOURCE_CAMERA, max_bitrate=0, video_height=360)
+
+
+async def test_vad_gate_with_energy_vad_on_recorded_speech() -> None:
+    """The committed recording (two spoken sentences, 0.5 s of silence before, 1 s
+    after each), resampled from 48 kHz and gated by the plugins' EnergyVAD."""
+    import pathlib
+    import wave
+
+    from trio_lkagent.plugins import EnergyVAD
+
+    with wave.open(str(pathlib.Path(__file__).parent / "data" / "utterance.wav")) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+        assert w.getframerate() == 16_000
+
+    # As a 48 kHz track would bring it: upsample, then let the pipeline bring it back.
+    async def upsampled() -> AsyncIterator[AudioFrame]:
+        up = Resample(48_000, engine="soxr")
+        for frame in frames_of(speech, 16_000):
+            for out in up.process(frame):
+                yield out
+
+    options = VADOptions(min_silence_duration=0.3, prefix_padding_duration=0.1)
+    gate = VADGate(EnergyVAD(options))
+    pipeline = MediaPipeline(PipelineConfig(sample_rate=16_000), [Resample(), gate])
+    with trio.fail_after(SAFETY_TIMEOUT):
+        async with pipeline.open(upsampled()) as out:
+            kept = [frame async for frame in out]
+    assert gate.utterances == 2
+    # Everything spoken went through: the energy of what was kept ~ all of it.
+    energy = float(np.sum(speech.astype(np.float64) ** 2))
+    kept_energy = float(sum(np.sum(f.samples.astype(np.float64) ** 2) for f in kept))
+    assert kept_energy >= 0.95 * energy
+    # Speech is 0.52-3.34 s and 4.38-6.44 s (samples above 500); the gate keeps
+    # that, 0.1 s of padding before and 0.3 s of silence after each (plus the
+    # quiet tails of words the energy threshold still calls speech), not the rest.
+    starts = [kept[0].timestamp] + [
+        b.timestamp for a, b in itertools.pairwise(kept) if b.timestamp - a.timestamp > 0.1
+    ]
+    assert len(starts) == 2
+    assert 0.3 <= starts[0] <= 0.52 and 4.1 <= starts[1] <= 4.38
+    kept_seconds = sum(f.duration for f in kept)
+    assert 4.9 < kept_seconds < 4.9 + 2 * (0.1 + 0.3) + 0.6
+    assert gate.dropped > 50  # frames of ~33 ms: the resampler's output chunks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from typing import TYPE_CHECKING, Final, final
 
 import trio
@@ -15,22 +16,25 @@ if TYPE_CHECKING:
 
 __all__ = ["VADGate"]
 
-#: Undecided audio held while the gate is closed, at most (seconds); older is dropped.
+#: Audio held waiting for the VAD's verdict (seconds) before the gate waits for it.
 MAX_HELD: Final = 2.0
+#: Seconds the gate waits for a VAD that is MAX_HELD behind before going on without it.
+STALL_TIMEOUT: Final = 1.0
+_EPSILON: Final = 1e-6
 
 
 @final
 class VADGate:
     """A stage that lets speech through and drops silence, judged by a VAD plugin.
 
-    Every frame is pushed to a stream of the VAD; frames wait in the gate until the
-    VAD has judged them. On ``START_OF_SPEECH`` the gate sends the event's audio
-    (the speech so far with the VAD's prefix padding), then every frame until
-    ``END_OF_SPEECH``, then holds frames again. The output is the speech, in
-    order, with the VAD's padding before each utterance and its
-    ``min_silence_duration`` of trailing silence after it (plus however far the VAD
-    lags behind the gate: frames go through at once while the gate is open, so
-    that speech reaches the next stage without waiting for the VAD's verdict).
+    Every frame is pushed to a stream of the VAD and waits in the gate until the
+    VAD's events have passed its position (every event carries the stream
+    position it refers to; ``INFERENCE`` events come per window). On
+    ``START_OF_SPEECH`` the gate sends the event's audio (the speech so far with
+    the VAD's prefix padding); until ``END_OF_SPEECH`` judged frames are sent,
+    after it they are dropped. The output is the speech, in order, with the VAD's
+    padding before each utterance and its ``min_silence_duration`` of trailing
+    silence after it; the delay the gate adds is the VAD's processing lag.
 
     Args:
         vad: The detector (e.g. ``plugins.EnergyVAD()``).
@@ -42,11 +46,17 @@ class VADGate:
         utterances: ``START_OF_SPEECH`` events seen.
         dropped: Frames judged silent (not sent on).
 
+    Backpressure:
+        At most 2 s of audio waits for a verdict: beyond that the gate waits for
+        the VAD (and so slows a source that is faster than real time, such as a
+        file); a VAD that gives no verdict for 1 s more is taken to go on as it
+        was. If the VAD's own stream drops frames (its bounded-buffer policy,
+        counted there), the gate keeps its alignment by not counting them in the
+        stream position.
+
     Cancellation:
         The VAD stream is a task of the stage (its ``async with``), so the stage is
-        cancelled with the pipeline. If the VAD falls behind, its stream drops
-        frames (its bounded-buffer policy, counted there); the gate keeps its
-        alignment by not counting those frames in the stream position.
+        cancelled with the pipeline.
     """
 
     def __init__(self, vad: VAD, *, on_event: object = None) -> None:
@@ -61,6 +71,8 @@ class VADGate:
         self._held: collections.deque[tuple[float, AudioFrame]] = collections.deque()
         self._position = 0.0  # seconds of audio the VAD has accepted
         self._lock = trio.Lock()
+        self._sent_until = -math.inf
+        self._progress = trio.Event()
 
     async def __call__(
         self,
@@ -70,6 +82,7 @@ class VADGate:
         """Run the gate until *receive* ends and the VAD has judged every frame."""
         self._held.clear()
         self._position = 0.0
+        self._sent_until = -math.inf
         self.speaking = False
         async with self.vad.stream() as stream, trio.open_nursery() as nursery:
             nursery.start_soon(self._judge, stream, send)
@@ -80,12 +93,21 @@ class VADGate:
                 if stream.statistics().frames_dropped == before:
                     self._position += frame.duration
                 async with self._lock:
-                    if self.speaking:
-                        await self._send(send, frame)
-                    else:
-                        self._held.append((self._position, frame))
-                        self._trim()
+                    self._held.append((self._position, frame))
+                if self._behind():
+                    # The VAD is behind (a source faster than real time): wait for
+                    # its verdicts, which slows the source down (backpressure). If
+                    # none comes for STALL_TIMEOUT, go on as the last one said.
+                    with trio.move_on_after(STALL_TIMEOUT):
+                        while self._behind():
+                            await self._progress.wait()
+                    async with self._lock:
+                        while self._behind():
+                            await self._release_one(send)
             stream.end_input()
+
+    def _behind(self) -> bool:
+        return bool(self._held) and self._position - self._held[0][0] > MAX_HELD
 
     def statistics(self) -> StageStatistics:
         """Return the gate's counters (``frames_out`` includes the VAD's padding)."""
@@ -102,31 +124,43 @@ class VADGate:
             async with self._lock:
                 if event.type is VADEventType.START_OF_SPEECH:
                     self.utterances += 1
-                    self.speaking = True
-                    self._release(event.timestamp, count=False)  # in event.frames
+                    while self._held and self._held[0][0] <= event.timestamp + _EPSILON:
+                        self._held.popleft()  # in the event's frames
                     for frame in event.frames:
                         await self._send(send, frame)
-                    while self._held:  # pushed after the VAD's verdict: speech too
-                        await self._send(send, self._held.popleft()[1])
-                elif event.type is VADEventType.END_OF_SPEECH:
-                    self.speaking = False
+                    self.speaking = True
                 else:
-                    self._release(event.timestamp)
-        async with self._lock:  # the input ended: undecided frames were not speech
-            self.dropped += len(self._held)
-            self._held.clear()
+                    while self._held and self._held[0][0] <= event.timestamp + _EPSILON:
+                        await self._release_one(send)
+                    if event.type is VADEventType.END_OF_SPEECH:
+                        self.speaking = False
+            self._progress.set()
+            self._progress = trio.Event()
+        async with self._lock:  # the input ended: the rest goes as the VAD left it
+            while self._held:
+                await self._release_one(send)
 
-    def _release(self, position: float, *, count: bool = True) -> None:
-        """Forget held frames the VAD has judged (up to *position*)."""
-        while self._held and self._held[0][0] <= position + 1e-9:
-            self._held.popleft()
-            self.dropped += count
-
-    def _trim(self) -> None:
-        while self._held and self._position - self._held[0][0] > MAX_HELD:
-            self._held.popleft()
+    async def _release_one(self, send: trio.MemorySendChannel[AudioFrame]) -> None:
+        """Send (speaking) or drop (silent) the oldest held frame."""
+        _, frame = self._held.popleft()
+        if self.speaking:
+            await self._send(send, frame)
+        else:
             self.dropped += 1
 
     async def _send(self, send: trio.MemorySendChannel[AudioFrame], frame: AudioFrame) -> None:
+        if frame.timestamp < self._sent_until - _EPSILON:
+            # Partly or wholly sent already (the VAD's frames and ours need not
+            # line up, and padding may reach into the previous utterance).
+            skip = round((self._sent_until - frame.timestamp) * frame.sample_rate)
+            if skip >= frame.samples_per_channel:
+                return
+            frame = AudioFrame(
+                frame.samples[skip * frame.num_channels :],
+                frame.sample_rate,
+                frame.num_channels,
+                frame.timestamp + skip / frame.sample_rate,
+            )
+        self._sent_until = frame.timestamp + frame.duration
         await send.send(frame)
         self.frames_out += 1
