@@ -5,6 +5,8 @@ Run: ``python bench/bench_pipeline.py`` (prints figures; this is not a test).
 1. Audio stages on 10 ms frames of a 440 Hz tone (real audio, not zeros): the time
    spent in each stage's ``process`` per input frame (``StageStatistics.
    cost_per_frame``, best of 3 runs of 1000 frames), each stage alone in a pipeline.
+   Also VADGate with the plugins' EnergyVAD on the committed recording (the gate's
+   own task, the VAD's task and the hand-offs between them, per frame).
 2. Video stages on 1280x720 frames (RGBA and I420), 300 frames.
 3. The pipeline's own overhead: frames/s and µs per frame per stage through chains of
    1, 4 and 8 pass-through stages (``map_frames(lambda f: f)``): the cost of a Trio
@@ -15,7 +17,9 @@ Figures measured on a shared machine are noisy; compare rows of one run.
 
 from __future__ import annotations
 
+import pathlib
 import time
+import wave
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -35,6 +39,7 @@ from trio_lkagent.media import (
     Remix,
     Resample,
     Resize,
+    VADGate,
     map_frames,
 )
 
@@ -113,6 +118,8 @@ async def main() -> None:
         cost = await stage_cost(make, frames)
         print(f"  {label:28s} {cost * 1e6:8.1f} µs")
 
+    await vad_gate_cost()
+
     print(f"\nVideo stages, µs per 1280x720 input frame ({VIDEO_FRAMES} frames)")
     rgba = video_frames(VideoFormat.RGBA, VIDEO_FRAMES)
     i420 = video_frames(VideoFormat.I420, VIDEO_FRAMES)
@@ -141,6 +148,31 @@ async def main() -> None:
                 f"  {n} stage(s), buffer {buffer_size:2d}: {len(frames) / seconds:9,.0f} frames/s, "
                 f"{per_frame * 1e6:6.1f} µs/frame ({per_frame / n * 1e6:5.1f} µs per stage)"
             )
+
+
+async def vad_gate_cost() -> None:
+    """VADGate with the plugins' EnergyVAD on the committed recording (7.5 s, two
+    sentences): wall time per 10 ms frame, minus a pass-through stage's."""
+    from trio_lkagent.plugins import EnergyVAD
+
+    path = pathlib.Path(__file__).parent.parent / "tests" / "data" / "utterance.wav"
+    with wave.open(str(path)) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    frames = [
+        AudioFrame(speech[i : i + 160].copy(), 16_000, 1, i / 16_000)
+        for i in range(0, len(speech) - 159, 160)
+    ]
+    gate_best = pass_best = float("inf")
+    for _ in range(RUNS):
+        gate = VADGate(EnergyVAD())
+        gate_best = min(gate_best, await run(MediaPipeline(PipelineConfig(), [gate]), frames))
+        passing = map_frames(lambda f: f)
+        pass_best = min(pass_best, await run(MediaPipeline(PipelineConfig(), [passing]), frames))
+    extra = (gate_best - pass_best) / len(frames)
+    print(
+        f"  {'VADGate + EnergyVAD 16k':28s} {extra * 1e6:8.1f} µs more than a pass-through stage "
+        f"({gate_best / len(frames) * 1e6:.1f} µs/frame end to end, {len(frames)} frames)"
+    )
 
 
 if __name__ == "__main__":
