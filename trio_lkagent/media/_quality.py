@@ -13,6 +13,7 @@ signal the server acts on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
@@ -37,6 +38,8 @@ __all__ = [
     "set_enabled",
     "open_quality_controller",
 ]
+
+logger = logging.getLogger(__name__)
 
 _Q = rtc.VideoQuality
 
@@ -318,13 +321,21 @@ async def open_quality_controller(
     await apply_level(room, publication, controller.level)
     async with open_owned_nursery() as nursery:
 
+        async def apply(level: QualityLevel) -> None:
+            # The track may be going away (unpublished, unsubscribed) while we ask:
+            # the native request then fails, and the video stops anyway.
+            try:
+                await apply_level(room, publication, level)
+            except Exception as exc:
+                logger.debug("could not ask for %s of %s: %r", level, publication.sid, exc)
+
         async def follow_quality() -> None:
             async with events:
                 async for event in events:
                     if isinstance(event, ConnectionQualityChanged) and event.identity == who:
                         changed = controller.observe_connection_quality(event.quality)
                         if changed is not None:
-                            await apply_level(room, publication, changed)
+                            await apply(changed)
 
         async def follow_pace() -> None:
             dropped = stream.statistics().dropped if stream is not None else 0
@@ -339,7 +350,7 @@ async def open_quality_controller(
                     dropped = stats.dropped
                 changed = changed or controller.tick()
                 if changed is not None:
-                    await apply_level(room, publication, changed)
+                    await apply(changed)
 
         nursery.start_soon(follow_quality)
         nursery.start_soon(follow_pace)
