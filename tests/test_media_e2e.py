@@ -24,7 +24,14 @@ import pytest
 import trio
 from livekit import rtc
 
-from trio_lkagent import AudioFrame, AutoSubscribe, Room, open_audio_stream, open_video_stream
+from trio_lkagent import (
+    AudioFrame,
+    AutoSubscribe,
+    Room,
+    open_audio_stream,
+    open_room,
+    open_video_stream,
+)
 from trio_lkagent.devserver import DevServer, TrackSettingsRecord
 from trio_lkagent.events import TrackSubscribed
 from trio_lkagent.media import (
@@ -204,14 +211,20 @@ async def test_a_slow_consumer_makes_the_controller_ask_for_less(server: DevServ
     assert [(c.reason, c.level.height) for c in qc.history] == [("pace", 360), ("pace", 180)]
 
 
-async def test_a_disabled_track_is_paused_by_the_server_and_resumes(server: DevServer) -> None:
+@pytest.mark.parametrize("single_pc", [True, False], ids=["rtc-v1", "rtc-dual"])
+async def test_a_disabled_track_is_paused_by_the_server_and_resumes(
+    server: DevServer, single_pc: bool
+) -> None:
     """``set_enabled(False)`` reaches the server as ``UpdateTrackSettings(disabled)``;
-    the dev server honours it as Go does: no more media until re-enabled."""
+    the dev server honours it as Go does: no more media until re-enabled. Both
+    signalling paths (one peer connection; the dual-connection fallback)."""
+    token = server.create_participant_token("pause", "viewer")
+    options = rtc.RoomOptions(auto_subscribe=False, single_peer_connection=single_pc)
     with trio.fail_after(SAFETY_TIMEOUT * 2):
         async with (
             server.open_participant("pause", "camera") as camera,
-            server.open_participant(
-                "pause", "viewer", auto_subscribe=AutoSubscribe.VIDEO_ONLY
+            open_room(
+                server.url, token, auto_subscribe=AutoSubscribe.VIDEO_ONLY, options=options
             ) as viewer,
             trio.open_nursery() as nursery,
         ):
