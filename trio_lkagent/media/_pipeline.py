@@ -302,7 +302,7 @@ class MediaPipeline:
 
     A pipeline runs once at a time (one :meth:`open` block); open it again
     afterwards to run the same stages on a new input (they keep their state,
-    e.g. a resampler's filter).
+    e.g. a meter's peak and the counters).
     """
 
     def __init__(self, config: PipelineConfig | None = None, stages: Sequence[_StageLike] = ()):
