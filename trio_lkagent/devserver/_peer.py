@@ -331,6 +331,7 @@ class Peer:
     def stop_track(self, track_sid: str) -> None:
         """Stop sending *track_sid* to the client (its section stays, silent)."""
         self._outgoing = [o for o in self._outgoing if o.track_sid != track_sid]
+        self.tracks_out.pop(track_sid, None)
         for transceiver in self.pc.getTransceivers():
             sender = transceiver.sender
             if getattr(sender, "_track_id", None) == track_sid and sender.track is not None:
@@ -447,6 +448,7 @@ class SubscriberPeer:
         Returns:
             Whether it was being sent.
         """
+        self.tracks_out.pop(track_sid, None)
         transceiver = self._senders.pop(track_sid, None)
         if transceiver is None:
             return False

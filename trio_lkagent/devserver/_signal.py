@@ -291,7 +291,7 @@ class RtcService:
         self._bridge_lock = trio.Lock()
         self._rooms: dict[str, _RtcRoom] = {}
         self._sessions: set[_Session] = set()
-        #: Subscribers' ``UpdateTrackSettings``, recorded (not acted on: one layer).
+        #: Subscribers' ``UpdateTrackSettings``, recorded (``disabled`` is honoured).
         self.track_settings = TrackSettingsLog()
 
     # -- lifetime ----------------------------------------------------------------
