@@ -140,16 +140,8 @@ async def _run_handler(
             # Subscribed before anything awaits: the events since joining come first.
             events = room.events()
             try:
-                if ctx.job_type in (JobType.PARTICIPANT, JobType.PUBLISHER):
-                    target = ctx.job.participant.identity
-                    ctx._participant = await room.wait_for_participant(target)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_dispatch, handler, ctx, room, events)
-                    if policy.enabled:
-                        nursery.start_soon(watch_auto_disconnect, room, ctx, policy)
-                    await handler.on_job_assigned(ctx)
-                    await room.wait_disconnected()
-                    nursery.cancel_scope.cancel()
+                with events:  # the dispatcher's; closed here if it never started
+                    await _serve_handler(ctx, handler, room, events, policy)
             except BaseException as exc:
                 await terminated(_reason(ctx, exc))
                 raise
@@ -157,6 +149,26 @@ async def _run_handler(
     except BaseException as exc:
         await terminated(_reason(ctx, exc))  # joining failed: the handler hears of it too
         raise
+
+
+async def _serve_handler(
+    ctx: JobContext,
+    handler: AgentHandler,
+    room: Room,
+    events: trio.MemoryReceiveChannel[RoomEvent],
+    policy: AutoDisconnect,
+) -> None:
+    """The connected part of a handler job: target, body, dispatcher, auto-disconnect."""
+    if ctx.job_type in (JobType.PARTICIPANT, JobType.PUBLISHER):
+        target = ctx.job.participant.identity
+        ctx._participant = await room.wait_for_participant(target)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_dispatch, handler, ctx, room, events)
+        if policy.enabled:
+            nursery.start_soon(watch_auto_disconnect, room, ctx, policy)
+        await handler.on_job_assigned(ctx)
+        await room.wait_disconnected()
+        nursery.cancel_scope.cancel()
 
 
 def _reason(ctx: JobContext, exc: BaseException) -> str:
