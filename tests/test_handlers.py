@@ -252,6 +252,28 @@ async def test_a_participant_back_within_the_grace_keeps_the_job(server: DevServ
         await recorder.wait_for(lambda calls: "terminated" in [c[0] for c in calls])
 
 
+async def test_other_agents_do_not_keep_the_job(server: DevServer) -> None:
+    recorder = Recorder(auto_disconnect=AutoDisconnect(grace=0.2))
+    other_agent = (
+        lkapi.AccessToken(server.api_key, server.api_secret)
+        .with_identity("other-agent")
+        .with_kind("agent")
+        .with_grants(lkapi.VideoGrants(room_join=True, room="h-agents"))
+        .to_jwt()
+    )
+    async with (
+        serving(server, recorder, "h-agents") as (worker, bridge),
+        open_client(bridge, server.url, other_agent),
+    ):
+        async with open_client(bridge, server.url, token(server, "h-agents", "ida")):
+            await recorder.wait_for(lambda calls: ("joined", "ida") in calls)
+        # Only another agent is left in the room: the job ends all the same.
+        await recorder.wait_for(lambda calls: "terminated" in [c[0] for c in calls])
+        await wait_succeeded(server, worker)
+    assert ("joined", "other-agent") in recorder.calls
+    assert recorder.calls[-1][1] == "auto disconnect: the last participant left"
+
+
 async def test_auto_disconnect_none_stays(server: DevServer) -> None:
     recorder = Recorder(auto_disconnect=AutoDisconnect.NONE)
     async with serving(server, recorder, "h-stay", drain_timeout=0.5) as (worker, bridge):
