@@ -170,7 +170,8 @@ async def serve_health(
     """Serve the worker's health, state and metrics over HTTP until cancelled.
 
     - ``GET /``: ``200 OK`` while the worker is registered and serving (also
-      when full); ``503`` with the reason otherwise (connecting, draining, stopped).
+      when full); ``503`` with the reason otherwise (connecting, draining, stopped,
+      or ``WorkerOptions.health_monitor`` says unhealthy).
     - ``GET /worker``: JSON: worker id, agent name, status, load, running jobs
       with their rooms, reconnects, ping RTT, counters.
     - ``GET /metrics``: Prometheus text format, from a registry of this worker's own.

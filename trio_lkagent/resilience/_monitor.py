@@ -97,7 +97,8 @@ class ResourceStatus:
 class ResourceEventKind(enum.Enum):
     """What a :class:`ResourceEvent` reports."""
 
-    #: Memory at or above the critical threshold: the worker risks being OOM-killed.
+    #: Memory reached the critical threshold: the worker risks being OOM-killed
+    #: (once per crossing).
     OOM_RISK = "oom_risk"
     #: Trio tasks keep growing with no matching job growth.
     TASK_LEAK = "task_leak"
@@ -233,7 +234,7 @@ class ResourceMonitor:
         )
         if changed:
             events.append(ResourceEvent(ResourceEventKind.HEALTH_CHANGED, status))
-        if status.oom_risk:
+        if status.oom_risk and (previous is None or not previous.oom_risk):
             events.append(ResourceEvent(ResourceEventKind.OOM_RISK, status))
         if leak:
             events.append(ResourceEvent(ResourceEventKind.TASK_LEAK, status, leak))

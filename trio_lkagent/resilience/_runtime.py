@@ -76,6 +76,7 @@ class WorkerResilience:
         self.load_history: collections.deque[float] = collections.deque(maxlen=LOAD_HISTORY)
         self.full_reason: str | None = None
         self._over: dict[str, str] = {}
+        self._expired: str | None = None
         self.retries = 0
         self.decisions: collections.Counter[str] = collections.Counter()
 
@@ -187,7 +188,7 @@ class WorkerResilience:
         over = self.limiter.check(self.sample, worker._state.running)
         crossed = [r for r in over if r not in self._over]
         self._over = over
-        reason = "; ".join(over.values()) or None
+        reason = "; ".join([*over.values(), *([self._expired] if self._expired else [])]) or None
         if reason != self.full_reason:
             if reason is None:
                 logger.info("back under the resource limits: taking jobs again")
@@ -214,7 +215,7 @@ class WorkerResilience:
         logger.warning(
             "max_uptime (%.0f s) reached: draining so a supervisor restarts us", max_uptime
         )
-        self.full_reason = f"max_uptime {max_uptime:g} s reached"
+        self._expired = self.full_reason = f"max_uptime {max_uptime:g} s reached"
         self._worker.drain()
 
     # -- the job runner ---------------------------------------------------------------
