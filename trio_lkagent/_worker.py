@@ -351,6 +351,7 @@ class Worker:
                 OSError,
             ) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
+            self._resilience.connection_lost(reason)  # recovery: TERMINATE drains
             stable = registered_at is not None and (
                 trio.current_time() - registered_at >= policy.stable_after
             )

@@ -116,8 +116,9 @@ async def test_max_uptime_drains_and_serve_returns(
     assert stats.full_reason == "max_uptime 100 s reached"
 
 
-async def test_resource_monitor_reports_oom_risk_and_task_leaks() -> None:
-    # Real time: samples are taken in a thread, which an autojump clock would skip past.
+async def test_resource_monitor_reports_oom_risk_and_task_leaks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     rss = ResourceSampler().sample().process_memory_mb
     ooms: list[ResourceStatus] = []
     leaks: list[int] = []

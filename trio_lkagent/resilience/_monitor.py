@@ -283,15 +283,13 @@ class ResourceMonitor:
         task_status: trio.TaskStatus[ResourceMonitor] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Sample every *interval* seconds until cancelled (the lower tier of
-        :func:`open_resource_monitor`). Samples are taken in a worker thread."""
+        :func:`open_resource_monitor`)."""
         if not (interval > 0 and math.isfinite(interval)):
             raise ConfigurationError(f"interval must be a finite number > 0, got {interval!r}")
-        if sampler is None:
-            sampler = await trio.to_thread.run_sync(ResourceSampler)
-        taker: ResourceSampler = sampler
+        taker = sampler if sampler is not None else ResourceSampler()
         started = False
         while True:
-            sample = await trio.to_thread.run_sync(taker.sample)
+            sample = taker.sample()
             events = self.update(sample, count_trio_tasks())
             if not started:
                 started = True
