@@ -137,6 +137,10 @@ class MemoryCheckpointStore:
     async def exists(self, scope: str) -> bool:
         """See :class:`CheckpointStore`."""
         await trio.lowlevel.checkpoint()
+        return self.exists_nowait(scope)
+
+    def exists_nowait(self, scope: str) -> bool:
+        """:meth:`exists` without yielding (the worker uses it on the job start path)."""
         return bool(self._data.get(scope))
 
     async def clear(self, scope: str) -> None:

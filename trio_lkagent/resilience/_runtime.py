@@ -244,7 +244,10 @@ class WorkerResilience:
         scope = checkpoint_scope(ctx.job, opts.agent_name, opts.namespace)
         ctx._checkpoint = Checkpoint(self.store, scope)
         try:
-            ctx._resumed = await self.store.exists(scope)
+            if isinstance(self.store, MemoryCheckpointStore):  # no yield on the start path
+                ctx._resumed = self.store.exists_nowait(scope)
+            else:
+                ctx._resumed = await self.store.exists(scope)
         except (OSError, trio.BrokenResourceError) as exc:
             logger.warning(
                 "checkpoint store unavailable (%s): job %s starts fresh", exc, ctx.job_id
