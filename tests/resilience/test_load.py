@@ -200,3 +200,30 @@ async def test_statistics_metrics_and_worker_report(server: DevServer) -> None:
         assert report["full_reason"] is None and report["health"]["resources"] == "GOOD"
         nursery.cancel_scope.cancel()
     assert worker.statistics().connection_state == "stopped"
+
+
+async def test_public_add_observer_sees_the_job_lifecycle(server: DevServer) -> None:
+    from trio_lkagent import WorkerObserver
+
+    seen: list[str] = []
+
+    class Recorder(WorkerObserver):
+        def job_started(self, ctx: JobContext) -> None:
+            seen.append(f"started {ctx.room_name}")
+
+        def job_ended(self, ctx: JobContext, outcome: str, error: str) -> None:
+            seen.append(f"ended {ctx.room_name} {outcome}")
+
+    async def entrypoint(ctx: JobContext) -> None:
+        pass
+
+    recorder = Recorder()
+    async with running_worker(server, entrypoint) as worker:
+        worker.add_observer(recorder)
+        await server.create_dispatch(room="obs", agent_name="test-agent")
+        await server.wait_for_job(room="obs", status=agent_pb.JS_SUCCESS)
+        await eventually(lambda: len(seen) == 2)
+        worker.remove_observer(recorder)
+        await server.create_dispatch(room="gone", agent_name="test-agent")
+        await server.wait_for_job(room="gone", status=agent_pb.JS_SUCCESS)
+    assert seen == ["started obs", "ended obs returned"]
