@@ -59,15 +59,16 @@ async def test_cpu_burn_raises_the_load_and_flips_ws_full_then_back(server: DevS
         await eventually(lambda: sw.status == agent_pb.WS_AVAILABLE and sw.load < 0.3)
         await server.create_dispatch(room="burn", agent_name="test-agent")
         await eventually(lambda: sw.status == agent_pb.WS_FULL)
-        stats = worker.statistics()
         assert sw.load >= 0.3
-        assert stats.cpu_percent > 30  # percent of one core: the burners are children
-        assert stats.resources is not None and stats.resources.processes >= 3
+        # The burners are children: the tree's CPU (percent of one core) shows them.
+        await eventually(lambda: worker.statistics().cpu_percent > 30)
+        resources = worker.statistics().resources
+        assert resources is not None and resources.processes >= 3
         release.set()
         await eventually(lambda: sw.status == agent_pb.WS_AVAILABLE)
-        assert sw.load < 0.3
         history = worker.statistics().load_history
-        assert max(history) >= 0.3 and history[-1] < 0.3
+        peak = history.index(max(history))
+        assert history[peak] >= 0.3 and min(history[peak:]) < 0.3
 
 
 async def test_custom_calculator_declines_with_its_reason(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._exceptions import ConfigurationError
+from .._options import JobType
 from ._checkpoint import Checkpoint, CheckpointStore, MemoryCheckpointStore, checkpoint_scope
 from ._checkpoint import open_checkpoint_store as _store_from_url
 from ._limits import ResourceLimiter
@@ -69,7 +70,7 @@ class WorkerResilience:
             self.store = MemoryCheckpointStore()
         self.sample: ResourceSample | None = None
         self.start_time: float | None = None
-        self._start_clock = 0.0
+        self._stopped_at: float | None = None
         self.last_job_time: float | None = None
         self.last_heartbeat: float | None = None
         self.bytes_in = self.bytes_out = 0
@@ -114,8 +115,6 @@ class WorkerResilience:
         if self.full_reason is not None:
             return self.full_reason
         if self.calculator is not None:
-            from .._options import JobType
-
             load = self._worker._state.load
             try:
                 ok = self.calculator.should_accept_job(JobType(job.type), load)
@@ -148,7 +147,7 @@ class WorkerResilience:
             connection = "connecting"
         return {
             "start_time": self.start_time,
-            "uptime": trio.current_time() - self._start_clock if self.start_time else 0.0,
+            "uptime": self._uptime_now(),
             "last_job_time": self.last_job_time,
             "cpu_percent": sample.process_cpu_percent if sample else 0.0,
             "memory_mb": sample.process_memory_mb if sample else 0.0,
@@ -163,12 +162,17 @@ class WorkerResilience:
             "recovery_decisions": dict(self.decisions),
         }
 
+    def _uptime_now(self) -> float:
+        if self.start_time is None:
+            return 0.0
+        end = self._stopped_at if self._stopped_at is not None else time.time()
+        return max(0.0, end - self.start_time)
+
     # -- the worker's tasks -----------------------------------------------------------
 
     async def run(self, stop: trio.Event) -> None:
         """Sample resources, enforce limits and uptime, run the health monitor; until *stop*."""
         self.start_time = time.time()
-        self._start_clock = trio.current_time()
         opts = self._worker.options
         try:
             async with trio.open_nursery() as nursery:
@@ -181,6 +185,7 @@ class WorkerResilience:
                 await stop.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._stopped_at = time.time()
             if self._owns_store:
                 with trio.move_on_after(1, shield=True):
                     await self.store.aclose()
