@@ -14,6 +14,7 @@ from trio_lkagent import (
     FatalError,
     JobContext,
     RetryableError,
+    Room,
     Worker,
 )
 from trio_lkagent._config import ServiceConfig
@@ -351,3 +352,29 @@ class BreakerMachine(RuleBasedStateMachine):
 
 
 TestBreakerMachine = BreakerMachine.TestCase
+
+
+async def test_retry_in_place_stays_in_the_room(server: DevServer) -> None:
+    """A job that joined its room, failed and was retried keeps its seat: the server
+    never sees the agent leave, and the job ends JS_SUCCESS."""
+    from ..test_job_teardown import SAFETY_TIMEOUT, agent_gone, watch_leaves
+
+    left_while_running = watch_leaves(server)
+    rooms: list[Room] = []
+
+    async def entrypoint(ctx: JobContext) -> None:
+        async with ctx.connect() as room:
+            rooms.append(room)
+            if ctx.attempt == 1:
+                raise RetryableError("lost the upstream")
+
+    recovery = DefaultRecoveryHandler(backoff_base=0)
+    async with running_worker(server, entrypoint, recovery=recovery):
+        await server.create_dispatch(room="rejoin", agent_name="test-agent")
+        with trio.fail_after(SAFETY_TIMEOUT):
+            job = await server.wait_for_job(room="rejoin", status=agent_pb.JS_SUCCESS)
+            await server.wait_until(lambda: agent_gone(server, "rejoin", job))
+    assert len(rooms) == 2 and rooms[0] is rooms[1]  # the same room, entered again
+    assert rooms[0].local_participant.identity == job.accepted_identity
+    assert job.accepted_identity not in left_while_running
+    assert agent_pb.JS_FAILED not in job.status_history
