@@ -191,13 +191,24 @@ class WorkerResilience:
                     await self.store.aclose()
 
     async def _sampler_loop(self) -> None:
-        sampler = ResourceSampler()
         interval = self._worker.options.load_interval
+        sampler: ResourceSampler | None = None
+        failing = False
         while True:
-            self.sample = sampler.sample()  # ~0.5 ms, on the loop (see _sampler.py)
-            events = self.monitor.update(self.sample, count_trio_tasks())
-            await self._enforce_limits()
-            await self.monitor.dispatch(events)
+            try:
+                sampler = sampler or ResourceSampler()
+                self.sample = sampler.sample()  # ~0.5 ms, on the loop (see _sampler.py)
+                events = self.monitor.update(self.sample, count_trio_tasks())
+            except Exception:
+                # psutil on an unusual platform or /proc going away: the worker
+                # keeps serving on its last sample; logged once per outage.
+                if not failing:
+                    logger.exception("resource sampling failed; keeping the last sample")
+                failing = True
+            else:
+                failing = False
+                await self._enforce_limits()
+                await self.monitor.dispatch(events)
             await trio.sleep(interval)
 
     async def _enforce_limits(self) -> None:
