@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._room import AutoSubscribe, Room
     from ._worker import Entrypoint, Worker
     from .handlers import AgentHandler, AutoDisconnect
+    from .resilience import Checkpoint
 
 __all__ = ["AcceptInfo", "JobContext", "JobRequest", "ShutdownCallback"]
 
@@ -209,6 +210,10 @@ class JobContext:
         # issue-12: the target of a participant/publisher job; set when the room changes.
         self._participant: rtc.RemoteParticipant | None = None
         self._room_changed = trio.Event()
+        # resilience: set by the worker before the entrypoint runs
+        self._checkpoint: Checkpoint | None = None
+        self._resumed = False
+        self._attempt = 1
 
     @property
     def job(self) -> agent_pb.Job:
@@ -486,6 +491,35 @@ class JobContext:
         this is ``trio.sleep``, kept for code ported from them.
         """
         await trio.sleep(seconds)
+
+    # -- resilience (trio_lkagent.resilience) -------------------------------------
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """This job's checkpoint: ``await save(key, value)``, ``await load(key, default)``,
+        ``await clear()``.
+
+        Keyed by namespace, agent name and room (and participant identity for
+        JT_PARTICIPANT jobs), so a job dispatched again for the same room after
+        its worker died finds what the dead one saved. Stored in
+        ``WorkerOptions.checkpoint_store`` (``LIVEKIT_CHECKPOINT_URL``).
+
+        Raises:
+            RuntimeError: the job was not started by a worker.
+        """
+        if self._checkpoint is None:
+            raise RuntimeError("no checkpoint store: this job was not started by a worker")
+        return self._checkpoint
+
+    @property
+    def resumed(self) -> bool:
+        """True if a checkpoint of this job's identity existed when it started."""
+        return self._resumed
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the entrypoint this is: 1, then 2, ... when recovery retries it."""
+        return self._attempt
 
     def _timed_out(self) -> bool:
         """True if the job's cancel scope ended it by reaching :attr:`deadline`.
