@@ -356,6 +356,34 @@ async def test_a_raising_hook_fails_the_job(server: DevServer) -> None:
     assert worker.statistics().jobs_failed == 1
 
 
+async def test_a_failed_handler_job_is_retried_by_the_recovery_policy(server: DevServer) -> None:
+    from trio_lkagent import RetryableError
+    from trio_lkagent.resilience import DefaultRecoveryHandler, RecoveryAction
+
+    errors: list[BaseException] = []
+    attempts: list[str] = []
+
+    class Recording(DefaultRecoveryHandler):
+        def on_job_failed(self, job: Any, error: BaseException) -> RecoveryAction:
+            errors.append(error)
+            return super().on_job_failed(job, error)
+
+    async def on_job(ctx: JobContext) -> None:
+        attempts.append(ctx.room.local_participant.identity)
+        if len(attempts) == 1:
+            raise RetryableError("flaky start")
+        ctx.shutdown("second attempt done")
+
+    recovery = Recording(max_retries=1, backoff_base=0)
+    handler = SimpleHandler(on_job=on_job)
+    async with serving(server, handler, "h-retry", recovery=recovery) as (worker, _):
+        await wait_succeeded(server, worker)
+    # The policy saw the hook's own exception, not a group around it.
+    assert [type(e) for e in errors] == [RetryableError]
+    assert len(attempts) == 2 and attempts[0] == attempts[1]  # the same room, kept
+    assert worker.statistics().jobs_succeeded == 1
+
+
 async def test_slow_on_job_terminated_is_bounded(server: DevServer) -> None:
     finished: list[bool] = []
 

@@ -58,17 +58,47 @@ async def run_agent(ctx: JobContext, default: Any, *, grace: float = 2.0) -> Non
     accept = ctx.accept_info
     agent = accept.entrypoint if accept.entrypoint is not None else default
     if is_handler(agent):
-        await _run_handler(ctx, agent, accept.auto_disconnect or AutoDisconnect.DEFAULT, grace)
+        policy = accept.auto_disconnect or AutoDisconnect.DEFAULT
+        await _collapsed(_run_handler(ctx, agent, policy, grace))
         return
     entrypoint: Callable[[JobContext], Awaitable[None]] = agent  # type: ignore[assignment]
     policy = accept.auto_disconnect or AutoDisconnect.NONE
     if not policy.enabled:
-        await entrypoint(ctx)
+        await entrypoint(ctx)  # exactly as without this layer
         return
+    await _collapsed(_with_watcher(ctx, entrypoint, policy))
+
+
+async def _with_watcher(
+    ctx: JobContext, entrypoint: Callable[[JobContext], Awaitable[None]], policy: AutoDisconnect
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_rooms_of, ctx, policy)
         await entrypoint(ctx)
         nursery.cancel_scope.cancel()
+
+
+async def _collapsed(body: Awaitable[None]) -> None:
+    """Await *body*; a group around one failure (from our nurseries) is raised as that failure.
+
+    So the job's error and the recovery policy see the exception a hook or the
+    body raised, not a group around it. A cancellation that came with it is
+    raised again at the next checkpoint (cancellation is level-triggered).
+    """
+    try:
+        await body
+    except BaseExceptionGroup as group:
+        _, rest = group.split(trio.Cancelled)
+        leaves = _leaves(rest) if rest is not None else []
+        if len(leaves) == 1 and isinstance(leaves[0], Exception):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 async def _watch_rooms_of(ctx: JobContext, policy: AutoDisconnect) -> None:
