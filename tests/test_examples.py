@@ -81,18 +81,19 @@ async def test_room_analytics_example(server: DevServer) -> None:
             url = server.url
             async with (
                 open_room(url, _token(server, "ex-analytics", "ivy", team="blue")) as ivy,
-                open_room(url, _token(server, "ex-analytics", "jay")) as jay,
+                open_room(url, _token(server, "ex-analytics", "jay")),
             ):
                 await ivy.wait_for_participant(agent)
-                await jay.wait_for_participant("ivy")
+                # The session is made when the job's on_job_assigned starts.
+                while "ex-analytics" not in analytics.sessions:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                session = analytics.sessions["ex-analytics"]
+                coord = session.coordinator
+                # Joins (signalling) and data (data channel) take separate paths.
+                await coord.wait_for(lambda c: {"ivy", "jay"} <= set(c.participants))
                 await ivy.publish_data(b'{"hello": "analytics"}')
                 async with ivy.publish_audio(sample_rate=48_000) as out:
                     await out.write(np.zeros(4800, dtype=np.int16))
-                    # The session is made when the job's on_job_assigned starts.
-                    while "ex-analytics" not in analytics.sessions:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
-                    session = analytics.sessions["ex-analytics"]
-                    coord = session.coordinator
                     await coord.wait_for(
                         lambda c: (
                             bool(c.participant("ivy").tracks)

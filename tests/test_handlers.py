@@ -190,6 +190,8 @@ async def test_every_hook_in_event_order_then_auto_disconnect(server: DevServer)
                 await recorder.wait_for(lambda calls: ("subscribed", "alice", 1) in calls)
                 local = alice.room.local_participant
                 await bridge.run(functools.partial(local.publish_data, b"hi", topic="t"))
+                # Data and signalling are separate paths: let the data land first.
+                await recorder.wait_for(lambda calls: "data" in [c[0] for c in calls])
                 await bridge.run(local.set_metadata, "busy")
                 await recorder.wait_for(lambda calls: "metadata" in [c[0] for c in calls])
             await recorder.wait_for(lambda calls: "unpublished" in [c[0] for c in calls])
