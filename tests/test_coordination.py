@@ -68,6 +68,8 @@ async def test_coordinator_follows_a_room_with_groups_rules_and_interactions(
                         await coord.wait_for(lambda c: bool(c.participant("alice").tracks))
                 local = alice.room.local_participant
                 await bridge.run(functools.partial(local.publish_data, b"hello", topic="chat"))
+                with trio.fail_after(SAFETY_TIMEOUT):  # data and signalling: separate paths
+                    await coord.wait_for(lambda c: bool(c.interactions("alice")))
                 await bridge.run(local.set_metadata, "leading")
                 with trio.fail_after(SAFETY_TIMEOUT):
                     await coord.wait_for(lambda c: c.participant("alice").metadata == "leading")

@@ -75,7 +75,10 @@ async def test_handler_hears_speaking_and_connection_quality(server: DevServer) 
         await recorder.wait_for(lambda calls: ("speaking", "ula", False) in calls)
         await recorder.wait_for(lambda calls: any(c[:2] == ("quality", "ula") for c in calls))
     speaking = [c for c in recorder.calls if c[0] == "speaking" and c[1] == "ula"]
-    assert speaking == [("speaking", "ula", True), ("speaking", "ula", False)]
+    # Started, then stopped (a loaded machine may starve the tone briefly: more pairs).
+    assert speaking[0] == ("speaking", "ula", True)
+    assert speaking[-1] == ("speaking", "ula", False)
+    assert [c[2] for c in speaking] == [True, False] * (len(speaking) // 2)
     quality = next(c for c in recorder.calls if c[:2] == ("quality", "ula"))
     # Loopback loses nothing; jitter depends on how loaded the machine is.
     assert quality[2] in (
