@@ -515,13 +515,15 @@ async def test_an_agent_leaving_its_room_fails_its_job(
 ) -> None:
     from livekit.protocol import agent as agent_pb
 
-    from trio_lkagent import JobContext, Worker
+    from trio_lkagent import JobContext, Worker, open_room
 
     from .conftest import worker_options
 
     async def entrypoint(ctx: JobContext) -> None:
-        async with ctx.connect():
-            pass  # joins, then leaves at once: the job goes on without its room
+        # open_room itself (not ctx.connect(), whose room the job holds until it
+        # ends): joins, then leaves at once; the job goes on without its room.
+        async with open_room(ctx.url, ctx.token):
+            pass
         await trio.sleep_forever()
 
     worker = Worker(entrypoint, worker_options(server, agent_name="leaver"))
