@@ -520,10 +520,10 @@ async def test_an_agent_leaving_its_room_fails_its_job(
     from .conftest import worker_options
 
     async def entrypoint(ctx: JobContext) -> None:
-        # open_room itself (not ctx.connect(), whose room the job holds until it
-        # ends): joins, then leaves at once; the job goes on without its room.
+        # ctx.connect()'s room is held until the job's final status is out, so
+        # join with the job's token by hand to leave while the job still runs.
         async with open_room(ctx.url, ctx.token):
-            pass
+            pass  # joins, then leaves at once: the job goes on without its room
         await trio.sleep_forever()
 
     worker = Worker(entrypoint, worker_options(server, agent_name="leaver"))

@@ -47,7 +47,7 @@ FINAL = {agent_pb.JS_SUCCESS, agent_pb.JS_FAILED}
 REACHED: collections.Counter[str] = collections.Counter()
 
 #: A run goes this many steps before ``drain`` may happen.
-DRAIN_AFTER = 40
+DRAIN_AFTER = 30
 
 #: The events, weighted by repetition (the first ones are where shrinking goes).
 ACTIONS = (
@@ -58,7 +58,7 @@ ACTIONS = (
     + ["request"] * 2
     + ["reconnect"] * 2
     + ["accept", "reject", "assign", "terminate", "set_load", "finish_not_running"]
-    + ["lose_connection", "drain"]
+    + ["lose_connection", "drain", "drain"]
 )
 
 
@@ -174,8 +174,13 @@ def lifecycle_for(module: types.ModuleType) -> type[RuleBasedStateMachine]:
             """A request for any id: fresh, pending, running or ended (a late duplicate)."""
             if not self.connected:
                 return
-            fresh = not self.ids or data.draw(st.booleans(), label="fresh")
-            job_id = self._fresh() if fresh else data.draw(st.sampled_from(self.ids))
+            kind = data.draw(st.sampled_from(["fresh", "known", "ended"]), label="id")
+            if kind == "ended" and self.ended:
+                job_id = data.draw(st.sampled_from(sorted(self.ended)))
+            elif kind != "fresh" and self.ids:
+                job_id = data.draw(st.sampled_from(self.ids))
+            else:
+                job_id = self._fresh()
             known = self.sm.phase(job_id) is not None or job_id in self.ended
             before_full = self.sm.is_full
             decline = self.sm.request(job_id, self.now)
@@ -413,17 +418,18 @@ def test_job_lifecycle() -> None:
     share = {k: v / n for k, v in REACHED.items() if k != "examples"}
     print("coverage of", n, "examples:", {k: f"{v:.0%}" for k, v in sorted(share.items())})
     assert n >= 100
-    # Thresholds well under what a run reaches (see docs/architecture.md), so that a
-    # random run does not fail them; a regression to the old test (0 % assigned) does.
-    assert share.get("assigned", 0) >= 0.7, share
+    # Thresholds about 3 standard deviations under the lowest share seen in repeated
+    # runs (see docs/architecture.md), so that a random run does not fail them; a
+    # regression to the old test (0 % of examples reached an assignment) does.
+    assert share.get("assigned", 0) >= 0.6, share
     assert share.get("3 jobs assigned", 0) >= 0.3, share
-    assert share.get("ended", 0) >= 0.65, share
-    assert share.get("connection lost with running jobs", 0) >= 0.2, share
-    assert share.get("reconnect with queued finals", 0) >= 0.2, share
-    assert share.get("final queued offline sent after resync", 0) >= 0.15, share
-    assert share.get("late duplicate declined", 0) >= 0.1, share
-    assert share.get("drained", 0) >= 0.1, share
-    assert share.get("declined full", 0) >= 0.3, share
+    assert share.get("ended", 0) >= 0.5, share
+    assert share.get("connection lost with running jobs", 0) >= 0.15, share
+    assert share.get("reconnect with queued finals", 0) >= 0.15, share
+    assert share.get("final queued offline sent after resync", 0) >= 0.08, share
+    assert share.get("late duplicate declined", 0) >= 0.08, share
+    assert share.get("drained", 0) >= 0.2, share
+    assert share.get("declined full", 0) >= 0.4, share
 
 
 def test_each_mutant_is_caught() -> None:

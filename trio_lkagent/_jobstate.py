@@ -133,6 +133,8 @@ class JobStateMachine:
         # nothing per running job.
         self._deadlines: dict[str, float] = {}
         self.draining = False
+        #: Why admission is held (a resource limit exceeded); None: not held.
+        self.hold: str | None = None
 
     # -- queries -------------------------------------------------------------
 
@@ -179,7 +181,10 @@ class JobStateMachine:
     def is_full(self) -> bool:
         """True when the worker must report WS_FULL and decline requests."""
         return (
-            self.draining or len(self._slots) >= self.max_jobs or self.load >= self.load_threshold
+            self.draining
+            or len(self._slots) >= self.max_jobs
+            or self.load >= self.load_threshold
+            or self.hold is not None
         )
 
     @property
