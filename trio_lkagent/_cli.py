@@ -301,7 +301,7 @@ def build_worker(target: Worker | Any, config: ServiceConfig) -> Worker:
         ConfigurationError: missing URL or keys, invalid values.
     """
     if isinstance(target, Worker):
-        target._set_options(config.apply_to(target.options))
+        target._set_options(config.apply_to(target.options).resolved())
         return target
     validate_config(config)
     return Worker(target, config.worker_options())
