@@ -3,12 +3,14 @@
 Try it with nothing else installed (the local server, the worker and a simulated
 participant who plays a tone and says hello, all in one process)::
 
-    trio-lkagent dev examples/echo_agent.py --duration 10
+    python examples/echo_agent.py dev --duration 10
+
+(the same as ``trio-lkagent dev examples/echo_agent.py --duration 10``).
 
 Against a real LiveKit server::
 
     LIVEKIT_URL=wss://... LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... \\
-        trio-lkagent start examples/echo_agent.py --agent-name echo
+        python examples/echo_agent.py start --agent-name echo
 
 What it does in the room, per job:
 
@@ -30,7 +32,7 @@ import numpy as np
 import trio
 from livekit import rtc
 
-from trio_lkagent import AudioOutput, JobContext, Room, open_audio_stream
+from trio_lkagent import AudioOutput, JobContext, Room, open_audio_stream, run_app
 from trio_lkagent.events import DataReceived, ParticipantDisconnected, TrackSubscribed
 
 logger = logging.getLogger("echo_agent")
@@ -85,3 +87,7 @@ async def entrypoint(ctx: JobContext) -> None:
                         break
                     case _:
                         pass
+
+
+if __name__ == "__main__":
+    run_app(entrypoint)

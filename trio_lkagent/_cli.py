@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -40,7 +41,7 @@ from ._exceptions import ConfigurationError, LKAgentError
 from ._logging import configure_logging
 from ._worker import Worker
 
-__all__ = ["main"]
+__all__ = ["main", "run_app"]
 
 PROG = "trio-lkagent"
 #: Attributes looked up, in order, when the target names none.
@@ -148,9 +149,9 @@ def _add_setting(parser: argparse.ArgumentParser, setting: Setting) -> None:
         parser.add_argument(setting.flag, dest=setting.attr, metavar=metavar, help=help_text)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(*, prog: str = PROG, with_target: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="Run trio-lkagent workers like a service (see docs/cli.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,7 +159,8 @@ def _build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser(
         "start", help="run a worker against a LiveKit server", description="Run a worker."
     )
-    start.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
+    if with_target:
+        start.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
     for setting in SERVICE_SETTINGS:
         _add_setting(start, setting)
 
@@ -168,7 +170,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Start the local LiveKit server, the worker, a room with a dispatch for"
         " the agent, and a participant that publishes a tone and sends data messages.",
     )
-    dev.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
+    if with_target:
+        dev.add_argument("target", metavar="TARGET", help=_TARGET_HELP)
     for setting in _DEV_SETTINGS:
         _add_setting(dev, setting)
     for setting in SERVICE_SETTINGS:
@@ -267,7 +270,11 @@ def load_target(spec: str) -> Worker | Any:
     Raises:
         UsageError: no such file, module or attribute, or not a Worker/function.
     """
-    module, attr = _import_target(spec)
+    try:
+        module, attr = _import_target(spec)
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else spec
+        raise UsageError(f"{where}: syntax error: {exc.msg}") from None
     if attr:
         obj: Any = module
         for part in attr.split("."):
@@ -286,11 +293,25 @@ def load_target(spec: str) -> Worker | Any:
     if isinstance(obj, Worker):
         return obj
     if callable(obj) and not isinstance(obj, type):
+        check_entrypoint(obj, f"{spec}: {attr!r}")
         return obj
     raise UsageError(
         f"{spec}: {attr!r} is of type {type(obj).__name__}, expected a Worker or an async"
         " entrypoint function"
     )
+
+
+def check_entrypoint(fn: Any, what: str) -> None:
+    """Reject a plain ``def`` entrypoint at load time (it must be ``async def``).
+
+    Raises:
+        UsageError: *fn* is not a coroutine function.
+    """
+    call = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
+    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)):
+        raise UsageError(
+            f"{what} is a plain `def`: an entrypoint must be `async def entrypoint(ctx)`"
+        )
 
 
 def build_worker(target: Worker | Any, config: ServiceConfig) -> Worker:
@@ -315,15 +336,28 @@ def _configure_logging(config: ServiceConfig, *, default_level: str = "INFO") ->
     configure_logging(level, config.log_format, websocket_debug=config.websocket_debug)
 
 
+def _target(args: argparse.Namespace) -> Worker | Any:
+    """The app given to :func:`run_app`, else what the TARGET argument names."""
+    app = getattr(args, "app", None)
+    return app if app is not None else load_target(args.target)
+
+
 def _cmd_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ._service import run_worker, supervise
 
     config = _service_config(args)
     validate_config(config, require=())
     if config.processes > 1:
+        if getattr(args, "app", None) is not None:
+            if not args.app_spec:
+                raise UsageError(
+                    "--processes needs the app as a module attribute of the script"
+                    " (worker = Worker(...) or async def entrypoint) to start it again"
+                )
+            argv = [argv[0], args.app_spec, *argv[1:]]
         _configure_logging(config)
         return trio.run(supervise, argv, config)
-    worker = build_worker(load_target(args.target), config)
+    worker = build_worker(_target(args), config)
     _configure_logging(config)  # once nothing can fail with a usage error any more
     return trio.run(run_worker, worker, config)
 
@@ -338,7 +372,7 @@ def _cmd_dev(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _configure_logging(config, default_level="WARNING")
 
     def load(local: ServiceConfig) -> Worker:
-        return build_worker(load_target(args.target), local)
+        return build_worker(_target(args), local)
 
     return trio.run(run_dev, load, config, dev)
 
@@ -426,6 +460,48 @@ async def _dispatch(config: ServiceConfig, room: str, metadata: str) -> int:
     return 0
 
 
+def run_app(app: Worker | Any, argv: Sequence[str] | None = None) -> NoReturn:
+    """Run this file's agent with the ``trio-lkagent`` command line, then exit.
+
+    Put at the end of the agent's file::
+
+        if __name__ == "__main__":
+            run_app(entrypoint)        # or run_app(worker)
+
+    and run ``python my_agent.py start|dev|devserver|dispatch ...`` with the same
+    flags, environment variables and exit codes as ``trio-lkagent COMMAND
+    my_agent.py`` (``docs/cli.md``).
+
+    Args:
+        app: A :class:`~trio_lkagent.Worker`, or an ``async def entrypoint(ctx)``
+            (its options then come from the flags and ``LIVEKIT_*`` alone).
+        argv: The arguments (default ``sys.argv[1:]``).
+
+    Raises:
+        SystemExit: always, with the command's exit code (2: a plain ``def``
+            entrypoint, invalid flags; 1: the worker could not run).
+    """
+    main_module = sys.modules.get("__main__")
+    main_file = getattr(main_module, "__file__", None)
+    prog = Path(main_file).name if main_file else PROG
+    if not isinstance(app, Worker):
+        try:
+            if not callable(app) or isinstance(app, type):
+                raise UsageError(f"run_app() takes a Worker or an async entrypoint, got {app!r}")
+            check_entrypoint(app, f"run_app({getattr(app, '__name__', app)!r})")
+        except UsageError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    # How child processes (--processes N) find the app again: FILE.py:ATTR.
+    spec = ""
+    if main_module is not None and main_file:
+        for name, value in vars(main_module).items():
+            if value is app:
+                spec = f"{main_file}:{name}"
+                break
+    raise SystemExit(main(argv, app=app, app_spec=spec, prog=prog))
+
+
 _COMMANDS = {
     "start": _cmd_start,
     "dev": _cmd_dev,
@@ -441,7 +517,13 @@ def _single(exc: BaseException) -> BaseException:
     return exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    app: Worker | Any = None,
+    app_spec: str = "",
+    prog: str = PROG,
+) -> int:
     """Run the command line; returns the exit code.
 
     0 on a clean stop, 1 when the worker could not run (refused credentials,
@@ -450,16 +532,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     installed. Errors raised by the target's own code keep their traceback.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = _build_parser().parse_args(args_list)
+    args = _build_parser(prog=prog, with_target=app is None).parse_args(args_list)
+    args.app, args.app_spec = app, app_spec
     try:
         return _COMMANDS[args.command](args, args_list)
     except BaseException as exc:
         error = _single(exc)
         if isinstance(error, UsageError | ConfigurationError):
-            print(f"{PROG}: error: {error}", file=sys.stderr)
+            print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
         if isinstance(error, LKAgentError) or type(error) is OSError:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
+            print(f"{prog}: error: {error}", file=sys.stderr)
             return 1
         if isinstance(error, KeyboardInterrupt):
             return 130
