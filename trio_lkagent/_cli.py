@@ -307,8 +307,8 @@ def check_entrypoint(fn: Any, what: str) -> None:
     Raises:
         UsageError: *fn* is not a coroutine function.
     """
-    call = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
-    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)):
+    method = None if inspect.isroutine(fn) else type(fn).__dict__.get("__call__")
+    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(method)):
         raise UsageError(
             f"{what} is a plain `def`: an entrypoint must be `async def entrypoint(ctx)`"
         )
@@ -485,13 +485,16 @@ def run_app(app: Worker | Any, argv: Sequence[str] | None = None) -> NoReturn:
     main_file = getattr(main_module, "__file__", None)
     prog = Path(main_file).name if main_file else PROG
     if not isinstance(app, Worker):
-        try:
-            if not callable(app) or isinstance(app, type):
-                raise UsageError(f"run_app() takes a Worker or an async entrypoint, got {app!r}")
-            check_entrypoint(app, f"run_app({getattr(app, '__name__', app)!r})")
-        except UsageError as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+        problem = f"run_app() takes a Worker or an async entrypoint, got {app!r}"
+        if callable(app) and not isinstance(app, type):
+            try:
+                check_entrypoint(app, f"run_app({getattr(app, '__name__', app)!r})")
+                problem = ""
+            except UsageError as exc:
+                problem = str(exc)
+        if problem:
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     # How child processes (--processes N) find the app again: FILE.py:ATTR.
     spec = ""
     if main_module is not None and main_file:
