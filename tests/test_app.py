@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from trio_lkagent._cli import main
+from trio_lkagent.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "examples" / "echo_agent.py"
@@ -77,3 +80,36 @@ def test_bad_targets_are_one_line_and_exit_2(
         assert main(["start", str(target), "--url", "ws://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+async def test_dispatch_to_an_agent_nobody_serves_warns(devserver: DevServer) -> None:
+    env = {**_env(), "LIVEKIT_URL": devserver.url}
+    env.update(LIVEKIT_API_KEY=devserver.api_key, LIVEKIT_API_SECRET=devserver.api_secret)
+    args = [sys.executable, "-m", "trio_lkagent", "dispatch", "--room", "d1"]
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [*args, "--agent-name", "ghost"], env=env, capture_stdout=True, capture_stderr=True
+        )
+    assert result.returncode == 0
+    assert "dispatch AD_" in result.stdout.decode()
+    assert result.stderr.decode().splitlines() == [
+        "trio-lkagent: warning: no job started for agent 'ghost' within 3 s: is a worker"
+        " registered with --agent-name ghost?"
+    ]
+    assert any("'ghost'" in note for note in devserver.dispatch_notes)
+
+
+def test_health_port_in_use_names_the_port_and_the_flag() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["start", "tests/cli_agent.py", "--url", "ws://127.0.0.1:1", "--api-key", "k"]
+        result = _run(
+            ["-m", "trio_lkagent", *args, "--api-secret", "s", "--health-port", str(port)]
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"trio-lkagent: error: health server port {port} is in use: pass --health-port 0"
+        " (any free port) or off, or set LIVEKIT_HEALTH_PORT"
+    ]

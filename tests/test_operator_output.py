@@ -9,7 +9,15 @@ import pytest
 import trio
 from livekit import rtc
 
-from trio_lkagent import JobContext, open_audio_stream, open_video_stream
+from trio_lkagent import (
+    JobContext,
+    JobRequest,
+    JobType,
+    Worker,
+    WorkerOptions,
+    open_audio_stream,
+    open_video_stream,
+)
 from trio_lkagent._logging import configure_logging
 from trio_lkagent.devserver import DevServer
 from trio_lkagent.events import (
@@ -93,3 +101,38 @@ async def test_one_info_line_per_job_start_and_end(
         line.startswith(f"job {bad.id} ended: failed after ") and "RuntimeError: boom" in line
         for line in lines
     ), lines
+
+
+async def _reject(req: JobRequest) -> None:
+    await req.reject()
+
+
+async def test_devserver_explains_why_a_dispatch_made_no_job(
+    devserver: DevServer, agent_worker: AgentWorkerFactory
+) -> None:
+    await agent_worker(_brief, agent_name="room-agent")
+    await agent_worker(_brief, agent_name="caller", job_type=JobType.PARTICIPANT)
+    picky = await agent_worker(
+        Worker(_brief, WorkerOptions(url="ws://x:1"), request_handler=_reject), agent_name="picky"
+    )
+
+    async def note(fragment: str) -> str:
+        with trio.fail_after(10):
+            return await devserver.wait_until(
+                lambda: next((n for n in devserver.dispatch_notes if fragment in n), None)
+            )
+
+    await devserver.create_dispatch("r1", "nobody")
+    assert await note("'nobody'") == (
+        "no worker registered for agent 'nobody' in room 'r1'"
+        " (registered: 'caller', 'picky', 'room-agent')"
+    )
+    await devserver.create_dispatch("r2", "caller")
+    assert await note("mismatch") == (
+        "job type mismatch in room 'r2': agent 'caller' is registered for JT_PARTICIPANT,"
+        " not JT_ROOM; its jobs start when a participant joins"
+    )
+    await devserver.create_dispatch("r3", "picky")
+    assert (await note("rejected")).endswith(
+        f"rejected by worker {picky.worker_id} (agent 'picky')"
+    )

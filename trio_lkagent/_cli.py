@@ -431,32 +431,53 @@ def _cmd_dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return trio.run(_dispatch, config, values["room"], values["metadata"])
 
 
+#: How long ``dispatch`` watches for the dispatch's first job before warning.
+DISPATCH_WATCH = 3.0
+
+
 async def _dispatch(config: ServiceConfig, room: str, metadata: str) -> int:
+    import asyncio
+
     from livekit import api as lkapi
 
     from ._bridge import open_bridge
     from ._service import say
 
-    async def on_loop() -> Any:
+    async def on_loop() -> tuple[Any, bool]:
         client = lkapi.LiveKitAPI(config.url, config.api_key, config.api_secret)
         try:
-            return await client.agent_dispatch.create_dispatch(
+            dispatch = await client.agent_dispatch.create_dispatch(
                 lkapi.CreateAgentDispatchRequest(
                     agent_name=config.agent_name, room=room, metadata=metadata
                 )
             )
+            # A server that finds no worker for the agent name creates no job, silently.
+            # (LiveKit has no API listing workers; the dispatch's jobs tell.)
+            for _ in range(int(DISPATCH_WATCH / 0.25)):
+                for found in await client.agent_dispatch.list_dispatch(room_name=room):
+                    if found.id == dispatch.id and found.state.jobs:
+                        return dispatch, True
+                await asyncio.sleep(0.25)
+            return dispatch, False
         finally:
             await client.aclose()
 
     async with open_bridge() as bridge:
         try:
-            with trio.fail_after(15):
-                dispatch = await bridge.run(on_loop)
+            with trio.fail_after(15 + DISPATCH_WATCH):
+                dispatch, has_job = await bridge.run(on_loop)
         except trio.TooSlowError:
             raise LKAgentError(f"{config.url} did not answer within 15 s") from None
         except Exception as exc:
             raise LKAgentError(f"dispatch failed: {type(exc).__name__}: {exc}") from None
     say(f"dispatch {dispatch.id} created: agent {config.agent_name!r} in room {room!r}")
+    if not has_job:
+        print(
+            f"{PROG}: warning: no job started for agent {config.agent_name!r} within"
+            f" {DISPATCH_WATCH:g} s: is a worker registered with --agent-name"
+            f" {config.agent_name}?",
+            file=sys.stderr,
+        )
     return 0
 
 

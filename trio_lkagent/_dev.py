@@ -44,11 +44,10 @@ from ._events import (
     TrackPublished,
     TrackSubscribed,
 )
-from ._health import serve_health
 from ._job import JobContext
 from ._options import JobType
 from ._room import AutoSubscribe, Room, open_room
-from ._service import Say, say
+from ._service import Say, say, start_health
 from ._telemetry import WorkerObserver
 from ._tracks import open_audio_stream
 from ._worker import Worker
@@ -315,7 +314,7 @@ async def run_dev(
 
         await nursery.start(on_signals)
         if local.health_port is not None:
-            url = await nursery.start(serve_health, worker, local.health_host, local.health_port)
+            url = await start_health(nursery, worker, local.health_host, local.health_port)
             say(f"health server at {url} (/ /worker /metrics)")
         served = trio.Event()
 
