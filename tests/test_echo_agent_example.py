@@ -71,7 +71,7 @@ async def test_plays_your_audio_back_and_reports_its_level(  # type: ignore[no-u
 
             nursery.start_soon(speak)
             async for event in events:
-                if isinstance(event, TrackSubscribed) and event.track.name == "echo":
+                if isinstance(event, TrackSubscribed) and event.track.name == "echo-bob":
                     heard_echo = True
                 if isinstance(event, DataReceived) and event.topic == "level":
                     break
@@ -96,6 +96,6 @@ async def test_unit_echo_without_a_server() -> None:
         assert [(d.text, d.topic, d.destination_identities) for d in room.sent] == [
             ("echo: ping", "echo", ("carol",))
         ]
-        assert "echo" in room.audio_outputs  # it opened its echo track
+        assert not room.audio_outputs  # an echo track only for someone who speaks
         room.leave("carol")  # the last one leaves: the entrypoint returns
     assert ctx.shutdown_reason is None

@@ -31,8 +31,10 @@ from ._config import (
     ServiceConfig,
     Setting,
     load_config_from_env,
+    parse_bool,
     parse_port,
     parse_positive_float,
+    parse_positive_int,
     parse_setting,
     parse_text,
     validate_config,
@@ -59,6 +61,32 @@ class UsageError(Exception):
 
 # -- settings of the commands other than the worker's ------------------------------
 
+
+def parse_job_type(raw: str) -> str:
+    """``room``, ``publisher`` or ``participant``."""
+    value = raw.strip().lower()
+    if value not in ("room", "publisher", "participant"):
+        raise ValueError(raw)
+    return value
+
+
+def parse_json_text(raw: str) -> str:
+    """Any text; JSON is checked to parse when it looks like JSON."""
+    import json
+
+    if raw.strip().startswith(("{", "[")):
+        json.loads(raw)
+    return raw
+
+
+def parse_py_file(raw: str) -> str:
+    """An existing ``.py`` file."""
+    path = Path(raw.strip())
+    if path.suffix != ".py" or not path.is_file():
+        raise ValueError(raw)
+    return str(path)
+
+
 _DEV_SETTINGS = (
     Setting("host", "LIVEKIT_DEV_HOST", "--host", parse_text, "a host", "dev server interface"),
     Setting(
@@ -69,14 +97,64 @@ _DEV_SETTINGS = (
         "a port 0..65535",
         "dev server port (default 0: any free port)",
     ),
-    Setting("room", "LIVEKIT_DEV_ROOM", "--room", parse_text, "a room name", "room to create"),
+    Setting(
+        "room",
+        "LIVEKIT_DEV_ROOM",
+        "--room",
+        parse_text,
+        "a room name",
+        "room to create (default dev-room)",
+    ),
     Setting(
         "duration",
         "LIVEKIT_DEV_DURATION",
         "--duration",
         parse_positive_float,
         "a number of seconds > 0",
-        "stop this many seconds after the participant joined (default: at Ctrl-C)",
+        "stop this many seconds after the participants joined (default: when every job"
+        " ended, or at Ctrl-C)",
+    ),
+    Setting(
+        "job_type",
+        "LIVEKIT_DEV_JOB_TYPE",
+        "--job-type",
+        parse_job_type,
+        "room, publisher or participant",
+        "the worker's job type (default: the worker's own, room)",
+    ),
+    Setting(
+        "metadata",
+        "LIVEKIT_DEV_METADATA",
+        "--metadata",
+        parse_json_text,
+        "text (valid JSON if it starts with { or [)",
+        "job metadata of the dispatch (ctx.job.metadata)",
+    ),
+    Setting(
+        "participants",
+        "LIVEKIT_DEV_PARTICIPANTS",
+        "--participants",
+        parse_positive_int,
+        "an integer >= 1",
+        "simulated participants of the built-in scenario (default 1)",
+    ),
+    Setting(
+        "scenario",
+        "LIVEKIT_DEV_SCENARIO",
+        "--scenario",
+        parse_py_file,
+        "an existing .py file",
+        "FILE.py defining `async def scenario(dev)`, run instead of the built-in"
+        " tone-and-chat script (docs/cli.md)",
+    ),
+    Setting(
+        "reload",
+        "LIVEKIT_DEV_RELOAD",
+        "--reload",
+        parse_bool,
+        "one of 1, 0, true, false, yes, no, on, off",
+        "restart when a .py file under the agent's directory changes (needs watchfiles)",
+        const="true",
     ),
 )
 _DEVSERVER_SETTINGS = (
@@ -106,6 +184,16 @@ _DISPATCH_SETTINGS = (
     ),
 )
 _SERVICE = {s.attr: s for s in SERVICE_SETTINGS}
+#: Service settings whose default differs under ``dev``: their help says so.
+_DEV_DEFAULTS = {
+    "health_port": attrs.evolve(
+        _SERVICE["health_port"],
+        help="port of the health/metrics server; off: none (default 0 under dev: any free port)",
+    ),
+    "log_level": attrs.evolve(
+        _SERVICE["log_level"], help="log level (default WARNING under dev; its own lines always)"
+    ),
+}
 _LOGGING_ATTRS = ("log_level", "log_format")
 _CONNECTION_ATTRS = ("url", "api_key", "api_secret")
 
@@ -120,6 +208,10 @@ _METAVARS = {
     "log_format": "{text,json}",
     "health_host": "HOST",
     "health_port": "PORT",
+    "job_type": "{room,publisher,participant}",
+    "metadata": "TEXT",
+    "participants": "N",
+    "scenario": "FILE.py",
 }
 
 
@@ -176,7 +268,7 @@ def _build_parser(*, prog: str = PROG, with_target: bool = True) -> argparse.Arg
         _add_setting(dev, setting)
     for setting in SERVICE_SETTINGS:
         if setting.attr not in (*_CONNECTION_ATTRS, "processes", "health_host"):
-            _add_setting(dev, setting)
+            _add_setting(dev, _DEV_DEFAULTS.get(setting.attr, setting))
 
     devserver = commands.add_parser(
         "devserver",
@@ -367,6 +459,8 @@ def _cmd_dev(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     config = _service_config(args, ignore=_CONNECTION_ATTRS)  # the dev server's own
     dev = DevSettings(**_extra(_DEV_SETTINGS, args, attrs.asdict(DevSettings())))
+    if dev.reload:
+        return _dev_with_reload(args, argv)
     if "health_port" not in config.explicit:
         config = attrs.evolve(config, health_port=0)
     _configure_logging(config, default_level="WARNING")
@@ -375,6 +469,26 @@ def _cmd_dev(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return build_worker(_target(args), local)
 
     return trio.run(run_dev, load, config, dev)
+
+
+def _dev_with_reload(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``dev --reload``: this process watches, a child runs ``dev`` and is restarted."""
+    from ._dev import run_with_reload
+
+    rest = [a for a in argv if a != "--reload"]
+    if getattr(args, "app", None) is not None:
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if not main_file:
+            raise UsageError("--reload needs the agent to run from a file")
+        child = [sys.executable, main_file, *rest]
+        watch = Path(main_file).resolve().parent
+    else:
+        child = [sys.executable, "-m", PROG.replace("-", "_"), *rest]
+        module_part = args.target.rpartition(":")[0] or args.target
+        path = Path(module_part)
+        watch = path.resolve().parent if path.suffix == ".py" else Path.cwd()
+    configure_logging("WARNING")
+    return trio.run(run_with_reload, child, watch)
 
 
 def _cmd_devserver(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -41,12 +41,14 @@ from ._kit import run_worker as run_worker
 from ._kit import sign_token as sign_token
 from ._kit import wait_for_agent as wait_for_agent
 from ._kit import wait_for_job_status as wait_for_job_status
+from ._scenario import DevScenario as DevScenario
 
 __all__ = [
     "DEV_API_KEY",
     "AgentTarget",
     "AgentWorkerFactory",
     "DataRecord",
+    "DevScenario",
     "FakeJobContext",
     "FakeParticipant",
     "FakeRoom",
