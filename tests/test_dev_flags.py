@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tests.test_cli import ECHO, clean_env, run_cli
 
+ECHO_SOURCE = Path(ECHO).read_text()
+
 SCENARIO = textwrap.dedent(
     """
     from trio_lkagent.events import DataReceived
@@ -81,11 +83,11 @@ async def test_participant_jobs_and_several_participants(tmp_path: Path) -> None
 
 async def test_reload_restarts_when_the_agent_changes(tmp_path: Path) -> None:
     agent = tmp_path / "agent.py"
-    agent.write_text(Path(ECHO).read_text())
+    agent.write_text(ECHO_SOURCE)
     async with run_cli(["dev", str(agent), "--reload"], clean_env(), tmp_path) as cli:
         await cli.expect(r"^watching .* for changes \(--reload\)$")
         await cli.expect(r"^worker AW_\w+ registered")
-        agent.write_text(agent.read_text() + "\n# changed\n")
+        agent.write_text(ECHO_SOURCE + "\n# changed\n")
         await cli.expect(r"^agent\.py changed: restarting$")
         await cli.expect(r"^worker AW_\w+ registered")
         cli.process.send_signal(signal.SIGINT)
