@@ -136,3 +136,24 @@ async def test_devserver_explains_why_a_dispatch_made_no_job(
     assert (await note("rejected")).endswith(
         f"rejected by worker {picky.worker_id} (agent 'picky')"
     )
+
+
+async def test_dev_default_keys_sign_without_pyjwt_warnings() -> None:
+    import warnings
+
+    from trio_lkagent.devserver import open_devserver
+    from trio_lkagent.testing import run_worker
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with (
+            open_devserver(api_key="devkey", api_secret="secret") as server,
+            run_worker(_brief, server, agent_name="keys"),
+        ):
+            await dispatch_job(server, "keys-room", "keys", wait="success")
+        assert not [w for w in caught if "HMAC key" in str(w.message)], caught
+        # Another short secret still warns: only the dev convention is exempt.
+        from livekit import api as lkapi
+
+        lkapi.AccessToken("k", "short").with_identity("x").to_jwt()
+    assert any("HMAC key" in str(w.message) for w in caught)

@@ -27,9 +27,11 @@ import attrs
 import trio
 
 from ._config import (
+    DEV_API_SECRET,
     SERVICE_SETTINGS,
     ServiceConfig,
     Setting,
+    ignore_dev_key_warnings,
     load_config_from_env,
     parse_bool,
     parse_port,
@@ -541,6 +543,8 @@ def _cmd_dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not values["room"]:
         raise ConfigurationError("LIVEKIT_ROOM is not set: set it or pass --room")
     validate_config(config, require=(*_CONNECTION_ATTRS, "agent_name"))
+    if config.api_secret == DEV_API_SECRET:
+        ignore_dev_key_warnings()  # livekit-api signs on the bridge's thread
     _configure_logging(config, default_level="WARNING")
     return trio.run(_dispatch, config, values["room"], values["metadata"])
 
