@@ -284,9 +284,13 @@ class FakeRoom(Room):  # type: ignore[misc]  # the one sanctioned subclass of a 
         name: str = "agent",
         source: int = rtc.TrackSource.SOURCE_MICROPHONE,
         queue_ms: int = 200,
+        max_bitrate: int | None = None,
+        dtx: bool | None = None,
+        red: bool | None = None,
     ) -> AsyncIterator[AudioOutput]:
         """A real :class:`~trio_lkagent.AudioOutput` (native source, paced in real
-        time) that is not published; kept in :attr:`audio_outputs` by name."""
+        time) that is not published (the publish options are accepted and
+        ignored); kept in :attr:`audio_outputs` by name."""
         self._check_open()
         async with open_audio_output(
             sample_rate=sample_rate, num_channels=num_channels, name=name, queue_ms=queue_ms
