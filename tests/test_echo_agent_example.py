@@ -47,7 +47,7 @@ async def test_echoes_data_back_to_its_sender(devserver, agent_worker, participa
         while worker.statistics().running_jobs:  # noqa: ASYNC110 - polling a statistic
             await trio.sleep(0.05)
     assert worker.statistics().jobs_succeeded == 1
-    assert job_status_history(devserver, job.id)[:2] == ["pending", "running"]
+    assert job_status_history(devserver, job.id) == ["pending", "running", "success"]
 
 
 async def test_plays_your_audio_back_and_reports_its_level(  # type: ignore[no-untyped-def]
