@@ -23,25 +23,28 @@ simulates the data-level API in memory), with :func:`run_entrypoint`.
 See ``docs/testing.md``.
 """
 
-from ._fake import FakeJobContext as FakeJobContext
-from ._fake import FakeParticipant as FakeParticipant
-from ._fake import FakeRoom as FakeRoom
-from ._fake import SentData as SentData
-from ._fake import run_entrypoint as run_entrypoint
-from ._kit import DEV_API_KEY as DEV_API_KEY
-from ._kit import AgentTarget as AgentTarget
-from ._kit import AgentWorkerFactory as AgentWorkerFactory
-from ._kit import DataRecord as DataRecord
-from ._kit import ParticipantFactory as ParticipantFactory
-from ._kit import dispatch_job as dispatch_job
-from ._kit import job_status_history as job_status_history
-from ._kit import make_worker as make_worker
-from ._kit import received_data as received_data
-from ._kit import run_worker as run_worker
-from ._kit import sign_token as sign_token
-from ._kit import wait_for_agent as wait_for_agent
-from ._kit import wait_for_job_status as wait_for_job_status
-from ._scenario import DevScenario as DevScenario
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._fake import FakeJobContext as FakeJobContext
+    from ._fake import FakeParticipant as FakeParticipant
+    from ._fake import FakeRoom as FakeRoom
+    from ._fake import SentData as SentData
+    from ._fake import run_entrypoint as run_entrypoint
+    from ._kit import DEV_API_KEY as DEV_API_KEY
+    from ._kit import AgentTarget as AgentTarget
+    from ._kit import AgentWorkerFactory as AgentWorkerFactory
+    from ._kit import DataRecord as DataRecord
+    from ._kit import ParticipantFactory as ParticipantFactory
+    from ._kit import dispatch_job as dispatch_job
+    from ._kit import job_status_history as job_status_history
+    from ._kit import make_worker as make_worker
+    from ._kit import received_data as received_data
+    from ._kit import run_worker as run_worker
+    from ._kit import sign_token as sign_token
+    from ._kit import wait_for_agent as wait_for_agent
+    from ._kit import wait_for_job_status as wait_for_job_status
+    from ._scenario import DevScenario as DevScenario
 
 __all__ = [
     "DEV_API_KEY",
@@ -64,3 +67,43 @@ __all__ = [
     "wait_for_agent",
     "wait_for_job_status",
 ]
+
+# Imported on first use: the pytest plugin lives in this package, and loading it
+# (at the start of every pytest run, in every project that installed
+# trio-lkagent) must not import the SDK.
+_LAZY = {
+    "FakeJobContext": "._fake",
+    "FakeParticipant": "._fake",
+    "FakeRoom": "._fake",
+    "SentData": "._fake",
+    "run_entrypoint": "._fake",
+    "DEV_API_KEY": "._kit",
+    "AgentTarget": "._kit",
+    "AgentWorkerFactory": "._kit",
+    "DataRecord": "._kit",
+    "ParticipantFactory": "._kit",
+    "dispatch_job": "._kit",
+    "job_status_history": "._kit",
+    "make_worker": "._kit",
+    "received_data": "._kit",
+    "run_worker": "._kit",
+    "sign_token": "._kit",
+    "wait_for_agent": "._kit",
+    "wait_for_job_status": "._kit",
+    "DevScenario": "._scenario",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
