@@ -162,3 +162,17 @@ async def _echo(data: rtc.RpcInvocationData) -> str:
 async def test_wait_for_job_status_names() -> None:
     with pytest.raises(ValueError, match="unknown job status"):
         await wait_for_job_status(None, "x", "done")  # type: ignore[arg-type]
+
+
+async def _forever(ctx: JobContext) -> None:
+    await trio.sleep_forever()
+
+
+async def test_automatic_dispatch_with_metadata(
+    devserver: DevServer, agent_worker: AgentWorkerFactory
+) -> None:
+    await agent_worker(_forever)  # no agent name: automatic dispatch
+    with trio.fail_after(30):
+        job = await dispatch_job(devserver, "auto-room", metadata='{"k": 1}')
+    assert (job.agent_name, job.job.metadata) == ("", '{"k": 1}')
+    assert [j.id for j in devserver.jobs.values()] == [job.id]
