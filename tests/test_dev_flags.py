@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 from tests.test_cli import ECHO, clean_env, run_cli
+from trio_lkagent.devserver import DevServer
 
 ECHO_SOURCE = Path(ECHO).read_text()
 
@@ -103,3 +104,21 @@ async def test_help_shows_the_dev_defaults(tmp_path: Path) -> None:
     assert "default WARNING under dev" in text
     assert "--job-type {room,publisher,participant}" in text
     assert "--scenario FILE.py" in text and "--reload" in text
+
+
+async def test_url_runs_the_session_against_an_external_server(
+    tmp_path: Path, devserver: DevServer
+) -> None:
+    # The in-package server plays the external one: dev talks to it through the
+    # server API and WebRTC only.
+    env = clean_env(LIVEKIT_API_KEY=devserver.api_key, LIVEKIT_API_SECRET=devserver.api_secret)
+    args = ["dev", ECHO, "--url", devserver.url, "--agent-name", "echo", "--duration", "2"]
+    async with run_cli(args, env, tmp_path) as cli:
+        assert await cli.finish() == 0, cli.stderr
+    out = cli.output
+    assert f"using the LiveKit server at {devserver.url}" in out
+    assert re.search(r"^job AJ_\w+ running in this worker$", out, re.M), out
+    assert re.search(r"^agent-AJ_\w+ -> dev-user \[echo\]: echo: hello$", out, re.M), out
+    assert "room 'dev-room' deleted" in out
+    (job,) = devserver.jobs.values()
+    assert job.agent_name == "echo" and job.ended

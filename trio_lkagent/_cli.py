@@ -39,6 +39,7 @@ from ._config import (
     parse_positive_int,
     parse_setting,
     parse_text,
+    parse_url,
     validate_config,
 )
 from ._exceptions import ConfigurationError, LKAgentError
@@ -150,6 +151,15 @@ _DEV_SETTINGS = (
         " tone-and-chat script (docs/cli.md)",
     ),
     Setting(
+        "url",
+        "LIVEKIT_DEV_URL",
+        "--url",
+        parse_url,
+        "a ws[s]:// or http[s]:// URL with a host",
+        "an external LiveKit server instead of the embedded one (keys: --api-key,"
+        " --api-secret or LIVEKIT_API_KEY, LIVEKIT_API_SECRET)",
+    ),
+    Setting(
         "reload",
         "LIVEKIT_DEV_RELOAD",
         "--reload",
@@ -214,6 +224,7 @@ _METAVARS = {
     "metadata": "TEXT",
     "participants": "N",
     "scenario": "FILE.py",
+    "url": "URL",
 }
 
 
@@ -269,7 +280,7 @@ def _build_parser(*, prog: str = PROG, with_target: bool = True) -> argparse.Arg
     for setting in _DEV_SETTINGS:
         _add_setting(dev, setting)
     for setting in SERVICE_SETTINGS:
-        if setting.attr not in (*_CONNECTION_ATTRS, "processes", "health_host"):
+        if setting.attr not in ("url", "processes", "health_host"):
             _add_setting(dev, _DEV_DEFAULTS.get(setting.attr, setting))
 
     devserver = commands.add_parser(
@@ -459,8 +470,12 @@ def _cmd_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _cmd_dev(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ._dev import DevSettings, run_dev
 
-    config = _service_config(args, ignore=_CONNECTION_ATTRS)  # the dev server's own
     dev = DevSettings(**_extra(_DEV_SETTINGS, args, attrs.asdict(DevSettings())))
+    if dev.url:  # an external server: its keys from the flags and the environment
+        config = _service_config(args, ignore=("url",))
+        validate_config(config, require=("api_key", "api_secret"))
+    else:
+        config = _service_config(args, ignore=_CONNECTION_ATTRS)  # the dev server's own
     if dev.reload:
         return _dev_with_reload(args, argv)
     if "health_port" not in config.explicit:

@@ -87,6 +87,8 @@ class DevSettings:
     scenario: str | None = None
     #: Restart on file changes (handled by the parent process, see ``run_with_reload``).
     reload: bool = False
+    #: An external LiveKit server instead of the embedded one.
+    url: str | None = None
 
 
 def _kind(kind: int) -> str:
@@ -408,6 +410,19 @@ async def run_dev(
         ConfigurationError: the scenario file is unusable.
     """
     scenario = load_scenario(dev.scenario) if dev.scenario else None
+    if dev.url:
+        from ._dev_remote import run_dev_remote
+
+        return await run_dev_remote(
+            load_worker,
+            config,
+            dev,
+            dev.url,
+            say,
+            scenario,
+            _builtin,
+            _identities(dev.participants),
+        )
     secret = secrets.token_urlsafe(32)
     stop = trio.Event()
     async with (

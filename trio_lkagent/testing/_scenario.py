@@ -35,7 +35,8 @@ class DevScenario:
             print(await alice.perform_rpc(agent.identity, "ping", "{}"))
 
     Attributes:
-        server: The dev server (``server.jobs``, ``server.create_dispatch``, ...).
+        server: The dev server (``server.jobs``, ``server.create_dispatch``, ...);
+            None with ``dev --url`` (an external server).
         room: The room's name.
         worker: The worker being run.
         participants: The factory behind :meth:`participant` (joins any room).
@@ -43,7 +44,7 @@ class DevScenario:
         metadata: The job metadata given with ``--metadata``.
     """
 
-    server: DevServer
+    server: DevServer | None
     room: str
     worker: Worker
     participants: ParticipantFactory
