@@ -202,7 +202,7 @@ async def run_dev_remote(
             if worker.options.job_type is JobType.ROOM:
                 await announce()
             async with trio.open_nursery() as holders:
-                participants = ParticipantFactory(remote, holders)  # type: ignore[arg-type]
+                participants = ParticipantFactory(remote, holders)
 
                 async def activity() -> None:
                     async with trio.open_nursery() as inner:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 from livekit import rtc
@@ -243,6 +243,23 @@ async def _hold(
         await trio.sleep_forever()
 
 
+class ParticipantSource(Protocol):
+    """What :class:`ParticipantFactory` joins through: the dev server, or (for
+    ``dev --url``) an external server with locally signed tokens."""
+
+    def open_participant(
+        self,
+        room: str,
+        identity: str,
+        *,
+        name: str = ...,
+        metadata: str = ...,
+        attributes: Mapping[str, str] | None = ...,
+        kind: str | None = ...,
+        auto_subscribe: AutoSubscribe = ...,
+    ) -> contextlib.AbstractAsyncContextManager[Room]: ...
+
+
 class ParticipantFactory:
     """The ``participant`` fixture: joins simulated participants, leaves them at teardown.
 
@@ -252,7 +269,7 @@ class ParticipantFactory:
     ``publish_data``, ``send_text``, ``perform_rpc``, ``events()``.
     """
 
-    def __init__(self, server: DevServer, nursery: trio.Nursery) -> None:
+    def __init__(self, server: ParticipantSource, nursery: trio.Nursery) -> None:
         self._server = server
         self._nursery = nursery
         self._count = 0
