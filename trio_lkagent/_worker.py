@@ -31,7 +31,6 @@ from typing import Any, NoReturn
 import attrs
 import trio
 import trio_websocket
-from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 
 from ._exceptions import AuthenticationError, ConnectError, LKAgentError, ProtocolError
@@ -41,6 +40,7 @@ from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
+from ._token import agent_token
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
@@ -344,11 +344,7 @@ class Worker:
 
     def _auth_headers(self) -> list[tuple[bytes, bytes]]:
         opts = self._options
-        token = (
-            lkapi.AccessToken(opts.api_key, opts.api_secret)
-            .with_grants(lkapi.VideoGrants(agent=True))
-            .to_jwt()
-        )
+        token = agent_token(opts.api_key, opts.api_secret)
         return [(b"authorization", b"Bearer " + token.encode())]
 
     async def _session(self, on_registered: Callable[[str], None]) -> None:
