@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from ._tracks import open_audio_stream as open_audio_stream
     from ._tracks import open_video_output as open_video_output
     from ._tracks import open_video_stream as open_video_stream
+    from .resources import ResourcePool as ResourcePool
 
 _LAZY: dict[str, str] = {
     "AudioFrame": "._media",
@@ -99,6 +100,7 @@ _LAZY: dict[str, str] = {
     "open_audio_stream": "._tracks",
     "open_video_output": "._tracks",
     "open_video_stream": "._tracks",
+    "ResourcePool": ".resources",
 }
 
 
