@@ -361,3 +361,14 @@ def test_pool_state_machine(
         assert [t.closed for t in factory.made] == [1] * len(factory.made)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_leaving_the_block_under_cancellation_still_closes_everything() -> None:
+    factory = Factory()
+    with trio.CancelScope() as scope:
+        async with pool_of(factory, min_size=2, max_size=2) as pool:
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.available == 2
+            scope.cancel()
+            await trio.sleep_forever()
+    assert [t.closed for t in factory.made] == [1, 1]

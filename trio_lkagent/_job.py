@@ -14,6 +14,7 @@ import trio
 from livekit.protocol import agent as agent_pb
 
 from ._options import JobType
+from .processes._proc import JobProcess
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -155,6 +156,8 @@ class JobContext:
         self._room: Room | None = None
         #: Room events dropped for slow consumers in rooms this job has left.
         self._events_dropped = 0
+        #: Set by the worker (task executor) or the job process (process executor).
+        self._proc = JobProcess()
 
     @property
     def job(self) -> agent_pb.Job:
@@ -210,6 +213,11 @@ class JobContext:
     def cancel_scope(self) -> trio.CancelScope:
         """The job's cancel scope: cancelling it ends the job (as :meth:`shutdown` does)."""
         return self._cancel_scope
+
+    @property
+    def proc(self) -> JobProcess:
+        """The process the job runs in: ``pid`` and ``userdata`` (filled by the setup hook)."""
+        return self._proc
 
     @property
     def room(self) -> Room:

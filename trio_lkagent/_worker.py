@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -37,10 +37,14 @@ from ._exceptions import AuthenticationError, ConnectError, LKAgentError, Protoc
 from ._job import AcceptInfo, JobContext, JobRequest
 from ._jobstate import Decline, InvalidTransition, JobStateMachine, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
-from ._options import WorkerOptions
+from ._options import JobExecutor, WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
 from ._token import agent_token
+from .processes._proc import JobProcess, SetupFn, run_setup
+
+if TYPE_CHECKING:
+    from .processes._pool import ProcessPool, ProcessPoolStatistics
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
@@ -76,6 +80,8 @@ class WorkerStatistics:
     jobs: dict[str, str]
     #: Room events dropped for slow consumers in the jobs' rooms (``ctx.connect``).
     room_events_dropped: int = 0
+    #: The process executor's pool (idle, running with memory, crashes); None with tasks.
+    processes: ProcessPoolStatistics | None = None
 
 
 class _ConnectionLost(Exception):
@@ -93,6 +99,10 @@ class Worker:
         request_handler: ``async def on_request(req: JobRequest)``, which calls
             ``req.accept(...)`` or ``req.reject()``. Without one every job
             (within capacity) is accepted with identity ``agent-<job id>``.
+        setup: ``def setup(proc: JobProcess)`` (or async): runs once per
+            worker (task executor, before registering) or once per job
+            process (process executor, before it takes a job) and fills
+            ``proc.userdata``, which jobs see as ``ctx.proc.userdata``.
 
     Raises:
         ConfigurationError: invalid or missing options.
@@ -107,12 +117,15 @@ class Worker:
         options: WorkerOptions | None = None,
         *,
         request_handler: RequestHandler | None = None,
+        setup: SetupFn | None = None,
     ) -> None:
         self._entrypoint = entrypoint
+        self._setup = setup
         self._options = options if options is not None else WorkerOptions()
         self._request_handler = request_handler
         self._rng = random.Random()
         self._observers: list[WorkerObserver] = default_observers()
+        self._proc = JobProcess()  # ctx.proc of task-executor jobs
         self._reset()
 
     def _reset(self) -> None:
@@ -144,6 +157,9 @@ class Worker:
         self._reconnects = 0
         self._started = self._succeeded = self._failed = self._declined = 0
         self._room_events_dropped = 0
+        # -- per-job processes (trio_lkagent.processes)
+        self._job_runner: Entrypoint = self._entrypoint
+        self._process_pool: ProcessPool | None = None
 
     # -- public API ------------------------------------------------------------
 
@@ -185,6 +201,7 @@ class Worker:
             jobs=dict(self._job_rooms),
             room_events_dropped=self._room_events_dropped
             + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
+            processes=self._process_pool.statistics() if self._process_pool else None,
         )
 
     def drain(self) -> None:
@@ -229,6 +246,7 @@ class Worker:
                 try:
                     async with trio.open_nursery() as jobs:
                         self._jobs_nursery = jobs
+                        await self._start_executor(root)
                         worker_id = await root.start(self._connection_manager)
                         task_status.started(worker_id)
                         await self._drain_requested.wait()
@@ -243,6 +261,24 @@ class Worker:
             self._ws = None
             unbind_worker(log_token)
             self._observe(lambda o: o.stopped())
+
+    # -- job executor (trio_lkagent.processes) ------------------------------------
+
+    async def _start_executor(self, root: trio.Nursery) -> None:
+        """Task executor: run the setup hook here. Process executor: start the pool."""
+        if self._options.job_executor is JobExecutor.PROCESS:
+            from .processes._pool import serve_process_pool
+
+            self._process_pool = await root.start(
+                serve_process_pool, self._options, self._entrypoint, self._setup, self._jobs_closed
+            )
+            self._job_runner = self._process_pool.run
+        elif self._setup is not None:
+            try:
+                await run_setup(self._setup, self._proc)
+            except Exception as exc:
+                exc.add_note(f"raised by the setup hook {self._setup!r}; the worker did not start")
+                raise
 
     # -- draining ----------------------------------------------------------------
 
@@ -630,6 +666,7 @@ class Worker:
             worker_id=self._worker_id or "",
             accept=accept,
         )
+        ctx._proc = self._proc
         self._jobs[job.id] = ctx
         self._job_rooms[job.id] = job.room.name
         if self._cancel_new_jobs:
@@ -665,7 +702,7 @@ class Worker:
         try:
             with ctx.cancel_scope:
                 try:
-                    await self._entrypoint(ctx)
+                    await self._job_runner(ctx)  # the entrypoint, or its job process
                     outcome = Outcome.RETURNED
                 except BaseException as exc:
                     failure = _without_cancelled(exc)

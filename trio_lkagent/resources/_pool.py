@@ -150,7 +150,7 @@ class ResourcePool(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self.aclose()
+        self._shut()
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()  # the maintenance task; closes are shielded
         return await self._nursery_cm.__aexit__(exc_type, exc, tb)
@@ -161,6 +161,10 @@ class ResourcePool(Generic[T]):
         Tasks waiting in :meth:`acquire` get :class:`trio.ClosedResourceError`.
         Idempotent.
         """
+        self._shut()
+        await trio.lowlevel.checkpoint()
+
+    def _shut(self) -> None:
         if not self._closed:
             self._closed = True
             while self._waiters:
@@ -170,7 +174,6 @@ class ResourcePool(Generic[T]):
                 self._size -= 1
                 self._let_go(resource)
             self._wake.set()
-        await trio.lowlevel.checkpoint()
 
     # -- introspection ----------------------------------------------------------------
 
