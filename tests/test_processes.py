@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,7 +12,7 @@ import pytest
 import trio
 from livekit.protocol import agent as agent_pb
 
-from trio_lkagent import Worker
+from trio_lkagent import JobContext, Worker
 from trio_lkagent.devserver import DevServer
 from trio_lkagent.events import DataReceived
 from trio_lkagent.processes import JobExecutor
@@ -65,7 +67,7 @@ async def test_a_job_in_a_process_echoes_and_ends_on_termination(server: DevServ
         assert reply[:4] == ["echo", "hi", "1", "True"]  # setup ran once, in this process
         stats = worker.statistics().processes
         assert stats is not None and job_id in stats.running
-        assert int(reply[4]) == stats.running[job_id].pid != __import__("os").getpid()
+        assert int(reply[4]) == stats.running[job_id].pid != os.getpid()
         await server.terminate_job(job_id)
         with trio.fail_after(SAFETY):
             job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
@@ -120,3 +122,101 @@ async def test_logs_of_a_job_process_reach_the_worker_with_job_context(
     assert started.processName == "job process"
     callback = [r for r in caplog.records if "shutdown callback" in r.getMessage()]
     assert callback and "terminated by the server" in callback[0].getMessage()
+
+
+async def test_setup_runs_once_per_worker_with_tasks(server: DevServer) -> None:
+    seen: list[dict[str, object]] = []
+    done = trio.Event()
+
+    async def entrypoint(ctx: JobContext) -> None:
+        seen.append(ctx.proc.userdata)
+        if len(seen) == 2:
+            done.set()
+
+    before = process_agents.SETUP_RUNS
+    worker = Worker(entrypoint, worker_options(server), setup=process_agents.async_setup)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        await server.create_dispatch("task-setup-1", "test-agent")
+        await server.create_dispatch("task-setup-2", "test-agent")
+        with trio.fail_after(SAFETY):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert before + 1 == process_agents.SETUP_RUNS
+    assert seen[0] is seen[1]
+    assert seen[0]["setup_pid"] == os.getpid()
+
+
+async def test_a_failing_setup_is_an_error_at_start_with_tasks(server: DevServer) -> None:
+    async def entrypoint(ctx: JobContext) -> None:
+        raise AssertionError("never runs")  # pragma: no cover
+
+    worker = Worker(entrypoint, worker_options(server), setup=process_agents.failing_setup)
+    with trio.fail_after(SAFETY), pytest.raises(RuntimeError, match="model file") as info:
+        await worker.serve()
+    assert any("setup hook" in note for note in info.value.__notes__)
+    assert not server.workers  # it never registered
+
+
+async def test_a_failing_setup_in_processes_fails_jobs_not_the_worker(
+    server: DevServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with process_worker(server, setup=process_agents.failing_setup) as worker:
+        job_id = await start_job_any(server, "proc-bad-setup", "quick")
+        with trio.fail_after(SAFETY):
+            job = await server.wait_job_status(job_id, agent_pb.JS_FAILED)
+        assert "the setup hook failed: RuntimeError: the model file is missing" in (
+            job.job.state.error
+        )
+        assert worker.statistics().registered
+        stats = worker.statistics().processes
+        assert stats is not None and stats.setup_failures >= 1
+    assert any("setup hook failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_drain_ends_process_jobs(server: DevServer) -> None:
+    opts = worker_options(
+        server, job_executor=JobExecutor.PROCESS, num_idle_processes=1, drain_timeout=1
+    )
+    worker = Worker(process_agents.entrypoint, opts, setup=process_agents.setup)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        job_id = await start_job(server, "proc-drain", "wait")
+        with trio.fail_after(SAFETY):
+            while job_id not in worker.statistics().processes.running:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        pid = worker.statistics().processes.running[job_id].pid  # type: ignore[union-attr]
+        worker.drain()
+        with trio.fail_after(SAFETY):
+            job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
+    # serve returned: the job's process is gone, and so are the idle ones.
+    assert worker.statistics().status == "stopped"
+    assert not job.job.state.error
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not multiprocessing.active_children()
+
+
+async def test_fifty_jobs_through_a_pool_of_four(server: DevServer) -> None:
+    async with process_worker(server, num_idle_processes=4) as worker:
+        rooms = [f"proc-many-{i}" for i in range(50)]
+        for room in rooms:
+            await server.create_dispatch(room, "test-agent", metadata="quick")
+        with trio.fail_after(SAFETY * 4):
+            while worker.statistics().jobs_succeeded < 50:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        stats = worker.statistics()
+        assert (stats.jobs_succeeded, stats.jobs_failed) == (50, 0)
+        assert stats.processes is not None and stats.processes.crashed == 0
+        assert stats.processes.started >= 54  # one per job, plus the four kept warm
+        with trio.fail_after(SAFETY):
+            for room in rooms:
+                await server.wait_for_job(room=room, status=agent_pb.JS_SUCCESS)
+
+
+async def start_job_any(server: DevServer, room: str, kind: str) -> str:
+    """Dispatch and return the job id whatever status it reaches."""
+    await server.create_dispatch(room, "test-agent", metadata=kind)
+    with trio.fail_after(SAFETY):
+        job = await server.wait_for_job(room=room)
+    return job.id

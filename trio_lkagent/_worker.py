@@ -242,6 +242,7 @@ class Worker:
         self._serving = True
         log_token = bind_worker(self)
         try:
+            await self._run_setup()
             async with trio.open_nursery() as root:
                 try:
                     async with trio.open_nursery() as jobs:
@@ -264,8 +265,17 @@ class Worker:
 
     # -- job executor (trio_lkagent.processes) ------------------------------------
 
+    async def _run_setup(self) -> None:
+        """Task executor: the setup hook, once, before registering (process: in each child)."""
+        if self._setup is not None and self._options.job_executor is JobExecutor.TASK:
+            try:
+                await run_setup(self._setup, self._proc)
+            except Exception as exc:
+                exc.add_note(f"raised by the setup hook {self._setup!r}; the worker did not start")
+                raise
+
     async def _start_executor(self, root: trio.Nursery) -> None:
-        """Task executor: run the setup hook here. Process executor: start the pool."""
+        """Process executor: start the pool of job processes (it lives until jobs end)."""
         if self._options.job_executor is JobExecutor.PROCESS:
             from .processes._pool import serve_process_pool
 
@@ -273,12 +283,6 @@ class Worker:
                 serve_process_pool, self._options, self._entrypoint, self._setup, self._jobs_closed
             )
             self._job_runner = self._process_pool.run
-        elif self._setup is not None:
-            try:
-                await run_setup(self._setup, self._proc)
-            except Exception as exc:
-                exc.add_note(f"raised by the setup hook {self._setup!r}; the worker did not start")
-                raise
 
     # -- draining ----------------------------------------------------------------
 

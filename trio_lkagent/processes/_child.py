@@ -50,6 +50,7 @@ class _Outbox:
         self.dropped = 0
         self._wake = trio.Event()
         self._lock = threading.Lock()
+        self._sending = False
 
     def put(self, message: Message) -> None:
         with self._lock:
@@ -72,16 +73,20 @@ class _Outbox:
                     message = self._queue.popleft()
                     if message["type"] == "log":
                         self._logs -= 1
+                self._sending = True
                 try:
                     await channel.send(message)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
+                finally:
+                    self._sending = False
             self._wake = trio.Event()
             if not self._queue:
                 await self._wake.wait()
 
     async def flush(self) -> None:
-        while self._queue:  # noqa: ASYNC110 - filled from other threads too
+        """Until every queued message is sent (a frame cut short would look like a crash)."""
+        while self._queue or self._sending:  # noqa: ASYNC110 - filled from other threads too
             await trio.sleep(0.005)
 
 

@@ -187,6 +187,15 @@ class ProcessPool:
         self._entrypoint = entrypoint
         self._setup = setup
         self._mp: Any = multiprocessing.get_context(options.process_start_method)
+        if options.process_start_method == "forkserver":
+            # Imported once in the fork server, so every job process starts with
+            # them (no effect if this process's fork server already runs).
+            preload = ["trio_lkagent.processes._child"]
+            for fn in (entrypoint, setup):
+                module = getattr(fn, "__module__", None)
+                if module and module != "__main__" and module not in preload:
+                    preload.append(module)
+            self._mp.set_forkserver_preload(["__main__", *preload])
         self._pool: ResourcePool[_Handle] | None = None
         self._running: dict[str, _Handle] = {}
         self._starting = 0
