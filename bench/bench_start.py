@@ -98,7 +98,7 @@ async def main(runs: int) -> None:
     official = os.environ.get("TRIO_LKAGENT_OFFICIAL_PYTHON")
     kinds: dict[str, list[str]] = {
         "trio-lkagent (task executor)": [sys.executable, "-c", OURS],
-        # PROCESS-EXECUTOR-ENTRY
+        "trio-lkagent (process executor, 2 idle)": [sys.executable, "-c", OURS_PROCESS],
     }
     if official:
         kinds["official livekit-agents 1.8.9 (thread executor)"] = [official, OFFICIAL_WORKER]

@@ -11,8 +11,11 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 from livekit.protocol import agent as agent_pb
+from prometheus_client import generate_latest
 
 from trio_lkagent import JobContext, Worker
+from trio_lkagent._health import worker_report
+from trio_lkagent._metrics import WorkerMetrics
 from trio_lkagent.devserver import DevServer
 from trio_lkagent.events import DataReceived
 from trio_lkagent.processes import JobExecutor
@@ -68,6 +71,12 @@ async def test_a_job_in_a_process_echoes_and_ends_on_termination(server: DevServ
         stats = worker.statistics().processes
         assert stats is not None and job_id in stats.running
         assert int(reply[4]) == stats.running[job_id].pid != os.getpid()
+        assert stats.running[job_id].rss_mb > 5  # memory per job, read from /proc
+        report = worker_report(worker)["processes"]
+        assert report["running"][job_id]["pid"] == int(reply[4])
+        metrics = generate_latest(WorkerMetrics(worker).registry).decode()
+        assert f'lkagent_job_process_rss_bytes{{job_id="{job_id}"}}' in metrics
+        assert "lkagent_processes_idle 2.0" in metrics or "lkagent_processes_idle 1.0" in metrics
         await server.terminate_job(job_id)
         with trio.fail_after(SAFETY):
             job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
@@ -208,7 +217,7 @@ async def test_fifty_jobs_through_a_pool_of_four(server: DevServer) -> None:
         stats = worker.statistics()
         assert (stats.jobs_succeeded, stats.jobs_failed) == (50, 0)
         assert stats.processes is not None and stats.processes.crashed == 0
-        assert stats.processes.started >= 54  # one per job, plus the four kept warm
+        assert stats.processes.started >= 50  # a fresh process for every job
         with trio.fail_after(SAFETY):
             for room in rooms:
                 await server.wait_for_job(room=room, status=agent_pb.JS_SUCCESS)
