@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import time
 
 import trio
 import trio.lowlevel
@@ -70,6 +71,9 @@ async def entrypoint(ctx: JobContext) -> None:
         raise ValueError("boom in the child")
     elif kind == "quick":
         pass
+    elif kind == "stuck":
+        logger.info("blocking the event loop")
+        time.sleep(3600)  # noqa: ASYNC251 - a job that never checkpoints, on purpose
     else:  # wait
         await trio.sleep_forever()
 

@@ -229,3 +229,28 @@ async def start_job_any(server: DevServer, room: str, kind: str) -> str:
     with trio.fail_after(SAFETY):
         job = await server.wait_for_job(room=room)
     return job.id
+
+
+async def test_a_job_that_ignores_cancellation_is_killed_after_the_grace(
+    server: DevServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with process_worker(server, shutdown_grace=0.5, num_idle_processes=1) as worker:
+        job_id = await start_job(server, "proc-stuck", "stuck")
+        # Its entrypoint blocks before its first checkpoint, whenever the
+        # shutdown arrives (its own logs cannot get out either).
+        with trio.fail_after(SAFETY):
+            while job_id not in worker.statistics().processes.running:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await server.terminate_job(job_id)
+        with trio.fail_after(SAFETY):
+            job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
+        # (The server records a terminated job's end at once, as Go does.) The
+        # worker's own end of it: the process killed after the grace, one outcome.
+        with trio.fail_after(SAFETY):
+            while worker.statistics().jobs_succeeded < 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert job.status_history[-2:] == [agent_pb.JS_RUNNING, agent_pb.JS_SUCCESS]
+        stats = worker.statistics()
+        assert (stats.jobs_succeeded, stats.jobs_failed, stats.running_jobs) == (1, 0, 0)
+        assert stats.processes is not None and stats.processes.grace_killed == 1
+    assert any("did not stop within 1.5 s" in r.getMessage() for r in caplog.records)
