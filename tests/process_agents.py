@@ -71,12 +71,11 @@ async def entrypoint(ctx: JobContext) -> None:
         raise ValueError("boom in the child")
     elif kind == "quick":
         pass
+    elif kind == "check-setup":
+        if ctx.proc.userdata.get("setup_runs") != 1 or ctx.proc.pid != os.getpid():
+            raise AssertionError(f"setup did not run once here: {ctx.proc}")
     elif kind == "stuck":
         logger.info("blocking the event loop")
         time.sleep(3600)  # noqa: ASYNC251 - a job that never checkpoints, on purpose
     else:  # wait
         await trio.sleep_forever()
-
-
-def not_importable() -> None:
-    """Stand-in for a lambda: see test_a_lambda_entrypoint_is_refused."""

@@ -13,12 +13,13 @@ import trio
 from livekit.protocol import agent as agent_pb
 from prometheus_client import generate_latest
 
-from trio_lkagent import JobContext, Worker
+from trio_lkagent import ConfigurationError, JobContext, Worker, WorkerOptions
 from trio_lkagent._health import worker_report
 from trio_lkagent._metrics import WorkerMetrics
 from trio_lkagent.devserver import DevServer
 from trio_lkagent.events import DataReceived
 from trio_lkagent.processes import JobExecutor
+from trio_lkagent.processes._pool import ProcessPool
 
 from . import process_agents
 from .conftest import worker_options
@@ -254,3 +255,44 @@ async def test_a_job_that_ignores_cancellation_is_killed_after_the_grace(
         assert (stats.jobs_succeeded, stats.jobs_failed, stats.running_jobs) == (1, 0, 0)
         assert stats.processes is not None and stats.processes.grace_killed == 1
     assert any("did not stop within 1.5 s" in r.getMessage() for r in caplog.records)
+
+
+async def test_spawn_start_method(server: DevServer) -> None:
+    """Spawn (a fresh interpreter per process) runs jobs the same way, setup included."""
+    async with process_worker(server, process_start_method="spawn", num_idle_processes=1) as worker:
+        job_id = await start_job_any(server, "proc-spawn", "check-setup")
+        with trio.fail_after(SAFETY):
+            job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
+        assert not job.job.state.error
+        with trio.fail_after(SAFETY):
+            while worker.statistics().jobs_succeeded < 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert worker.statistics().jobs_failed == 0
+
+
+def test_a_closure_entrypoint_is_refused_for_processes() -> None:
+    async def closure(ctx: JobContext) -> None:  # pragma: no cover
+        pass
+
+    opts = WorkerOptions(
+        url="ws://127.0.0.1:1",
+        api_key="k",
+        api_secret="s",
+        job_executor=JobExecutor.PROCESS,
+    )
+    with pytest.raises(ConfigurationError, match="importable"):
+        ProcessPool(opts, closure, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("process_start_method", "thread", "process_start_method"),
+        ("num_idle_processes", -1, "num_idle_processes"),
+        ("job_memory_limit_mb", 0, "job_memory_limit_mb"),
+        ("job_executor", "fiber", "fiber"),
+    ],
+)
+def test_process_options_are_validated(field: str, value: object, message: str) -> None:
+    with pytest.raises((ConfigurationError, ValueError), match=message):
+        WorkerOptions(url="ws://127.0.0.1:1", api_key="k", api_secret="s", **{field: value})  # type: ignore[arg-type]
