@@ -47,6 +47,7 @@ from ._options import Permissions as Permissions
 from ._options import ReconnectPolicy as ReconnectPolicy
 from ._options import WorkerOptions as WorkerOptions
 from ._protocol import WireFormat as WireFormat
+from ._telemetry import WorkerObserver as WorkerObserver
 from ._worker import Worker as Worker
 from ._worker import WorkerStatistics as WorkerStatistics
 
