@@ -52,6 +52,8 @@ async def entrypoint(ctx: JobContext) -> None:
     if kind == "echo":
         async with ctx.connect() as room:
             async for event in room.events():
+                if isinstance(event, DataReceived) and event.payload == b"bye":
+                    ctx.shutdown("asked to leave")
                 if isinstance(event, DataReceived) and event.topic == "ping":
                     runs = ctx.proc.userdata.get("setup_runs", 0)
                     same = ctx.proc.userdata.get("setup_pid") == os.getpid() == ctx.proc.pid

@@ -296,3 +296,18 @@ def test_a_closure_entrypoint_is_refused_for_processes() -> None:
 def test_process_options_are_validated(field: str, value: object, message: str) -> None:
     with pytest.raises((ConfigurationError, ValueError), match=message):
         WorkerOptions(url="ws://127.0.0.1:1", api_key="k", api_secret="s", **{field: value})  # type: ignore[arg-type]
+
+
+async def test_a_process_job_ending_itself_reports_before_leaving_the_room(
+    server: DevServer,
+) -> None:
+    """Teardown order across the boundary: final status first, then the child leaves."""
+    async with process_worker(server, num_idle_processes=1):
+        job_id = await start_job(server, "proc-bye", "echo")
+        assert (await echo(server, "proc-bye", "hello"))[1] == "hello"
+        async with server.open_participant("proc-bye", "user-bye") as user:
+            await user.publish_data(b"bye")
+            with trio.fail_after(SAFETY):
+                job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
+        assert not job.job.state.error  # not "agent worker left the room"
+        assert job.status_history[-2:] == [agent_pb.JS_RUNNING, agent_pb.JS_SUCCESS]

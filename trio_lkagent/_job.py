@@ -187,6 +187,8 @@ class JobContext:
         self._events_dropped = 0
         #: Set by the worker (task executor) or the job process (process executor).
         self._proc = JobProcess()
+        #: Set by _leave (process executor: then the job process leaves its room).
+        self._left = trio.Event()
         # resilience: set by the worker before the entrypoint runs
         self._checkpoint: Checkpoint | None = None
         self._resumed = False
@@ -378,6 +380,7 @@ class JobContext:
 
     def _leave(self) -> None:
         """The job's final status is out (or cannot be sent): leave the held room."""
+        self._left.set()
         if self._held_room is not None:
             self._held_room[1].set()
 

@@ -170,9 +170,21 @@ async def _main(
         ctx = _context(message)
         ctx._proc = proc
         bind_job(ctx.job_id, ctx.room_name, ctx.worker_id)
-        nursery.start_soon(_listen, channel, ctx)
-        outcome, error = await _run_entrypoint(entrypoint, ctx, shutdown_grace)
-        outbox.put({"type": "done", "outcome": outcome, "error": error, "dropped": outbox.dropped})
+        leave = trio.Event()
+        nursery.start_soon(_listen, channel, ctx, leave)
+        # As in the worker's own job runner: the room (ctx.connect) is held
+        # outside the job's cancel scope and left only once the worker says the
+        # final status is out ("leave"): a server fails a running job whose
+        # agent leaves the room first.
+        async with trio.open_nursery() as rooms:
+            ctx._rooms = rooms
+            outcome, error = await _run_entrypoint(entrypoint, ctx, shutdown_grace)
+            outbox.put(
+                {"type": "done", "outcome": outcome, "error": error, "dropped": outbox.dropped}
+            )
+            with trio.move_on_after(shutdown_grace + 5):
+                await leave.wait()
+            ctx._leave()
         await _finish(outbox, nursery)
     return 0
 
@@ -201,16 +213,22 @@ def _context(message: Message) -> JobContext:
     )
 
 
-async def _listen(channel: FrameChannel, ctx: JobContext) -> None:
-    """The worker's orders: "shutdown" cancels the job; losing the worker too."""
+async def _listen(channel: FrameChannel, ctx: JobContext, leave: trio.Event) -> None:
+    """The worker's orders: "shutdown" cancels the job, "leave" lets its room go.
+
+    Losing the worker does both.
+    """
     while True:
         try:
             message = await channel.receive()
         except (trio.EndOfChannel, trio.BrokenResourceError):
             ctx.shutdown("the worker process went away")
+            leave.set()
             return
         if message["type"] in ("shutdown", "exit"):
             ctx.shutdown(str(message.get("reason") or "shutdown requested"))
+        if message["type"] in ("leave", "exit"):
+            leave.set()
 
 
 async def _run_entrypoint(entrypoint: Any, ctx: JobContext, grace: float) -> tuple[str, str]:

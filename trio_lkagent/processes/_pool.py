@@ -305,10 +305,42 @@ class ProcessPool:
                     await self._stop(handle, ctx)
                 raise
         finally:
-            del self._running[ctx.job_id]
-            await handle.aclose()
+            if ctx._rooms is not None and not handle.exited:
+                # The child may hold the job's room: it leaves once the worker
+                # has sent the final status (ctx._leave), as a task job does.
+                ctx._rooms.start_soon(self._release, handle, ctx)
+            else:
+                del self._running[ctx.job_id]
+                await handle.aclose()
         if result["outcome"] == "failed":
             raise JobProcessError(str(result.get("error") or "the entrypoint failed"))
+
+    async def _release(self, handle: _Handle, ctx: JobContext) -> None:
+        """After the final status: tell the child to leave its room, let it exit."""
+        try:
+            with trio.move_on_after(self._options.shutdown_grace + 1):
+                await ctx._left.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await handle.channel.send({"type": "leave"})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                with trio.move_on_after(self._options.shutdown_grace + 2):
+                    await self._drain_until_exit(handle)
+                del self._running[ctx.job_id]
+                await handle.aclose()
+
+    async def _drain_until_exit(self, handle: _Handle) -> None:
+        """Relay the child's last log records until it closes its end, then reap it."""
+        while True:
+            try:
+                message = await handle.channel.receive()
+            except (trio.EndOfChannel, trio.BrokenResourceError, ProtocolError):
+                break
+            if message["type"] == "log":
+                _emit(message, handle.pid)
+        await handle.wait()
 
     async def _supervise(self, handle: _Handle, ctx: JobContext) -> Message:
         async with trio.open_nursery() as nursery:
