@@ -73,6 +73,8 @@ async def entrypoint(ctx: JobContext) -> None:
         raise ValueError("boom in the child")
     elif kind == "quick":
         pass
+    elif kind == "checkpoint":
+        await ctx.checkpoint.save("saved_by", os.getpid())
     elif kind == "check-setup":
         if ctx.proc.userdata.get("setup_runs") != 1 or ctx.proc.pid != os.getpid():
             raise AssertionError(f"setup did not run once here: {ctx.proc}")

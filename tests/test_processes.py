@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pathlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,8 @@ from trio_lkagent.devserver import DevServer
 from trio_lkagent.events import DataReceived
 from trio_lkagent.processes import JobExecutor
 from trio_lkagent.processes._pool import ProcessPool
+from trio_lkagent.resilience import Checkpoint, open_checkpoint_store
+from trio_lkagent.resilience._checkpoint import checkpoint_scope
 
 from . import process_agents
 from .conftest import worker_options
@@ -311,3 +314,23 @@ async def test_a_process_job_ending_itself_reports_before_leaving_the_room(
                 job = await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
         assert not job.job.state.error  # not "agent worker left the room"
         assert job.status_history[-2:] == [agent_pb.JS_RUNNING, agent_pb.JS_SUCCESS]
+
+
+async def test_ctx_checkpoint_in_a_process_uses_the_workers_store(
+    server: DevServer, tmp_path: pathlib.Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'checkpoints.db'}"
+    async with process_worker(server, num_idle_processes=1, checkpoint_store=url) as worker:
+        job_id = await start_job_any(server, "proc-checkpoint", "checkpoint")
+        with trio.fail_after(SAFETY):
+            await server.wait_job_status(job_id, agent_pb.JS_SUCCESS)
+            while worker.statistics().jobs_succeeded < 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        job = server.jobs[job_id].job
+    store = open_checkpoint_store(url)
+    try:
+        checkpoint = Checkpoint(store, checkpoint_scope(job, "test-agent"))
+        saved_by = await checkpoint.load("saved_by")
+    finally:
+        await store.aclose()
+    assert isinstance(saved_by, int) and saved_by != os.getpid()

@@ -30,6 +30,7 @@ from livekit.protocol import agent as agent_pb
 from .._job import AcceptInfo, JobContext
 from .._logging import bind_job
 from .._options import JobExecutor
+from ..resilience import Checkpoint, CheckpointStore, open_checkpoint_store
 from ._ipc import FrameChannel, Message
 from ._proc import JobProcess, SetupFn, run_setup
 
@@ -176,9 +177,15 @@ async def _main(
         # outside the job's cancel scope and left only once the worker says the
         # final status is out ("leave"): a server fails a running job whose
         # agent leaves the room first.
+        store = _attach_checkpoint(ctx, message.get("checkpoint") or {})
         async with trio.open_nursery() as rooms:
             ctx._rooms = rooms
-            outcome, error = await _run_entrypoint(entrypoint, ctx, shutdown_grace)
+            try:
+                outcome, error = await _run_entrypoint(entrypoint, ctx, shutdown_grace)
+            finally:
+                if store is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await store.aclose()
             outbox.put(
                 {"type": "done", "outcome": outcome, "error": error, "dropped": outbox.dropped}
             )
@@ -193,6 +200,18 @@ async def _finish(outbox: _Outbox, nursery: trio.Nursery) -> None:
     with trio.move_on_after(5):
         await outbox.flush()
     nursery.cancel_scope.cancel()
+
+
+def _attach_checkpoint(ctx: JobContext, info: dict[str, Any]) -> CheckpointStore | None:
+    """``ctx.checkpoint`` backed by the worker's store, opened here by its URL."""
+    ctx._resumed = bool(info.get("resumed"))
+    ctx._attempt = int(info.get("attempt") or 1)
+    url, scope = info.get("url"), info.get("scope")
+    if not url or not scope:
+        return None  # ctx.checkpoint raises: the worker's store is in its memory
+    store = open_checkpoint_store(str(url))
+    ctx._checkpoint = Checkpoint(store, str(scope))
+    return store
 
 
 def _context(message: Message) -> JobContext:

@@ -296,7 +296,7 @@ class ProcessPool:
         self._running[ctx.job_id] = handle
         try:
             try:
-                await handle.channel.send(_start_message(ctx))
+                await handle.channel.send(_start_message(ctx, self._options))
                 result = await self._supervise(handle, ctx)
             except BaseException:
                 # Cancelled (termination, drain, the worker stopping; from the
@@ -455,9 +455,20 @@ async def serve_process_pool(
         await until.wait()
 
 
-def _start_message(ctx: JobContext) -> Message:
+def _start_message(ctx: JobContext, options: WorkerOptions) -> Message:
     accept = ctx.accept_info
+    store = options.checkpoint_store
+    # ctx.checkpoint in the child: a store another process can open (SQLite,
+    # Redis) is opened there by URL; an in-memory one cannot be shared.
+    shared = isinstance(store, str) and not store.startswith("memory:")
+    checkpoint = ctx._checkpoint
     return {
+        "checkpoint": {
+            "url": store if shared else None,
+            "scope": checkpoint.scope if checkpoint is not None else None,
+            "resumed": ctx._resumed,
+            "attempt": ctx._attempt,
+        },
         "type": "start",
         "job": base64.b64encode(ctx.job.SerializeToString()).decode("ascii"),
         "url": ctx.url,
