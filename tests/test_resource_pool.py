@@ -372,3 +372,15 @@ async def test_leaving_the_block_under_cancellation_still_closes_everything() ->
             scope.cancel()
             await trio.sleep_forever()
     assert [t.closed for t in factory.made] == [1, 1]
+
+
+async def test_raising_min_size_fills_the_pool() -> None:
+    factory = Factory()
+    async with pool_of(factory, min_size=0, max_size=3) as pool:
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.size == 0
+        pool.min_size = 2
+        await trio.testing.wait_all_tasks_blocked()
+        assert (pool.available, pool.size) == (2, 2)
+        with pytest.raises(ValueError, match="min_size"):
+            pool.min_size = 4

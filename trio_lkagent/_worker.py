@@ -322,6 +322,8 @@ class Worker:
                         self._jobs_nursery = jobs
                         await self._start_executor(root)
                         worker_id = await root.start(self._connection_manager)
+                        if self._process_pool is not None:
+                            self._process_pool.warm()  # after registering, not before
                         task_status.started(worker_id)
                         await self._drain_requested.wait()
                         await self._drain()

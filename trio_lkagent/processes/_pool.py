@@ -202,6 +202,11 @@ class ProcessPool:
         self._started = self._crashed = self._memory_killed = 0
         self._grace_killed = self._setup_failures = 0
 
+    def warm(self) -> None:
+        """Start keeping ``num_idle_processes`` processes ready (the worker registered)."""
+        if self._pool is not None:
+            self._pool.min_size = self._options.num_idle_processes
+
     def statistics(self) -> ProcessPoolStatistics:
         """A frozen snapshot (processes, memory per running job, failures)."""
         pool = self._pool
@@ -436,17 +441,18 @@ async def serve_process_pool(
 ) -> None:
     """Keep ``num_idle_processes`` job processes warm until *until* is set.
 
-    ``task_status.started(pool)`` comes at once (registration does not wait for
-    the processes to warm up; a job that finds none idle starts its own).
+    ``task_status.started(pool)`` comes at once; the idle processes start when
+    :meth:`ProcessPool.warm` is called (the worker calls it once registered:
+    starting them would compete with registering for the CPU). A job that finds
+    none idle starts its own.
     Idle processes are stopped when it ends.
     """
     executor = ProcessPool(options, entrypoint, setup)
-    idle = options.num_idle_processes
     async with ResourcePool(
         executor._start,
         close=_Handle.aclose,
-        min_size=idle,
-        max_size=idle + options.max_jobs,
+        min_size=0,  # raised by warm(): starting processes competes with registering
+        max_size=options.num_idle_processes + options.max_jobs,
         max_idle_time=None,
         is_broken=lambda handle: not handle.alive(),
     ) as pool:

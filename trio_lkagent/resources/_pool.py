@@ -183,6 +183,18 @@ class ResourcePool(Generic[T]):
         return self._size
 
     @property
+    def min_size(self) -> int:
+        """Resources kept ready; settable (raising it fills the pool in the background)."""
+        return self._min_size
+
+    @min_size.setter
+    def min_size(self, value: int) -> None:
+        if not (isinstance(value, int) and 0 <= value <= self._max_size):
+            raise ValueError(f"min_size must be an integer in [0, max_size], got {value!r}")
+        self._min_size = value
+        self._wake.set()
+
+    @property
     def available(self) -> int:
         """Idle resources ready to lend."""
         return len(self._idle)
