@@ -17,6 +17,7 @@ runs workers as services (``docs/cli.md``).
 # -- loaded with the package: what a worker needs to register -----------------
 from typing import TYPE_CHECKING, Any
 
+from ._cli import run_app as run_app
 from ._config import ServiceConfig as ServiceConfig
 from ._config import load_config_from_env as load_config_from_env
 from ._config import validate_config as validate_config
