@@ -454,6 +454,40 @@ async def test_accept_chooses_the_entrypoint_subscriptions_and_auto_disconnect(
     assert worker.statistics().jobs_succeeded == 1
 
 
+# ------------------------------------------------------------------ job processes
+
+
+async def test_a_handler_runs_in_a_job_process(server: DevServer) -> None:
+    import os
+
+    from trio_lkagent.events import DataReceived
+    from trio_lkagent.processes import JobExecutor
+
+    from . import handler_agents
+
+    options = worker_options(server, job_executor=JobExecutor.PROCESS, num_idle_processes=1)
+    worker = Worker(handler_agents.HANDLER, options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        await server.create_dispatch("h-proc", "test-agent")
+        with trio.fail_after(30):  # a loaded machine starts processes slowly
+            job = await server.wait_for_job(room="h-proc", status=agent_pb.JS_RUNNING)
+            async with server.open_participant("h-proc", "pia") as pia:
+                reply = None
+                while reply is None:
+                    await pia.publish_data(b"hi", topic="ping")
+                    with trio.move_on_after(1):
+                        async for event in pia.events():
+                            if isinstance(event, DataReceived) and event.topic == "pong":
+                                reply = event.payload.decode().split(":")
+                                break
+            # pia left: the handler's auto-disconnect (in the job process) ends the job.
+            await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)
+        nursery.cancel_scope.cancel()
+    assert reply[:2] == ["handled", "hi"]
+    assert int(reply[2]) != os.getpid()
+
+
 # ------------------------------------------------------------------ job types
 
 
