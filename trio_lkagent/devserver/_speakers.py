@@ -19,11 +19,13 @@ levels and speakers that went quiet (``active=False``) go to every participant
 in a ``SpeakersChanged``.
 
 Connection quality (Go's ``connectionQualityWorker``, simplified): every
-``QUALITY_INTERVAL`` seconds each participant's publishing is scored from the
-packet loss and jitter its published tracks showed at the relay over the
-interval: EXCELLENT, GOOD or POOR; a participant that publishes nothing (or
-whose tracks carried no packets in the interval) is EXCELLENT. Changes go to every participant
-in a ``ConnectionQualityUpdate`` (the first one reports everybody).
+``QUALITY_INTERVAL`` seconds, and at once when a participant's client becomes
+connected, each connected participant's publishing is scored from the packet
+loss and jitter its published tracks showed at the relay since the last
+report: EXCELLENT, GOOD or POOR; a participant that publishes nothing (or whose
+tracks carried no packets) is EXCELLENT. Everyone's quality goes to every
+connected participant in a ``ConnectionQualityUpdate`` (Go sends only changes;
+sending all keeps a client that joined late or was not ready up to date).
 """
 
 from __future__ import annotations
@@ -341,34 +343,54 @@ async def observe_rooms(
                 for session in list(room.sessions.values()):
                     session.send(message)
         for room in live:
-            # A room's first report goes out at once, then every quality_interval.
-            due = quality_due.setdefault(room.name, trio.current_time())
-            if trio.current_time() < due:
+            await _report_quality(room, bridge, last_quality, quality_due, quality_interval)
+
+
+def _connected(session: Any) -> bool:
+    """Whether the participant's client is up (Go sends quality to ACTIVE participants only)."""
+    peers = [session.peer, getattr(session, "subscriber", None)]  # dual-connection clients
+    return any(getattr(getattr(p, "pc", None), "connectionState", "") == "connected" for p in peers)
+
+
+async def _report_quality(
+    room: Any,
+    bridge: Any,
+    last_quality: dict[str, dict[str, models_pb.ConnectionQuality]],
+    quality_due: dict[str, float],
+    quality_interval: float,
+) -> None:
+    """Every *quality_interval*, and at once when a participant becomes connected, send
+    every connected participant the quality of everyone connected in *room*."""
+    known = last_quality.setdefault(room.name, {})
+    connected = [s for s in list(room.sessions.values()) if _connected(s)]
+    newcomer = any(s.info.sid not in known for s in connected)
+    now = trio.current_time()
+    if now < quality_due.get(room.name, -math.inf) and not newcomer:
+        return
+    quality_due[room.name] = now + quality_interval
+    updates: list[rtc_pb.ConnectionQualityInfo] = []
+    for session in connected:
+        sid = session.info.sid
+        measured = []
+        for publication in list(session.published.values()):
+            tap = getattr(publication, "tap", None)
+            if tap is None:
                 continue
-            quality_due[room.name] = trio.current_time() + quality_interval
-            previous_quality = last_quality.setdefault(room.name, {})
-            updates: list[rtc_pb.ConnectionQualityInfo] = []
-            for session in list(room.sessions.values()):
-                sid = session.info.sid
-                taps = [p.tap for p in list(session.published.values()) if getattr(p, "tap", None)]
-                measured = []
-                for tap in taps:
-                    try:
-                        measured.append(await bridge.run(tap.quality))
-                    except Exception:  # a peer closing meanwhile: no figures this time
-                        logger.debug("no reception statistics for %s", sid, exc_info=True)
-                quality = quality_of(measured)
-                if previous_quality.get(sid) != quality:
-                    previous_quality[sid] = quality
-                    score = {models_pb.EXCELLENT: 5.0, models_pb.GOOD: 4.0}.get(quality, 2.0)
-                    updates.append(
-                        rtc_pb.ConnectionQualityInfo(
-                            participant_sid=sid, quality=quality, score=score
-                        )
-                    )
-            if updates:
-                message = rtc_pb.SignalResponse(
-                    connection_quality=rtc_pb.ConnectionQualityUpdate(updates=updates)
-                )
-                for session in list(room.sessions.values()):
-                    session.send(message)
+            try:
+                measured.append(await bridge.run(tap.quality))
+            except Exception:  # a peer closing meanwhile: no figures this time
+                logger.debug("no reception statistics for %s", sid, exc_info=True)
+        quality = quality_of(measured)
+        known[sid] = quality
+        score = {models_pb.EXCELLENT: 5.0, models_pb.GOOD: 4.0}.get(quality, 2.0)
+        updates.append(
+            rtc_pb.ConnectionQualityInfo(participant_sid=sid, quality=quality, score=score)
+        )
+    for sid in set(known) - {s.info.sid for s in connected}:
+        del known[sid]
+    if updates:
+        message = rtc_pb.SignalResponse(
+            connection_quality=rtc_pb.ConnectionQualityUpdate(updates=updates)
+        )
+        for session in connected:
+            session.send(message)
