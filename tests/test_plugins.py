@@ -7,6 +7,7 @@ import pathlib
 import time
 import wave
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,13 +17,16 @@ import trio.testing
 from trio_lkagent import PluginError
 from trio_lkagent._media import AudioFrame
 from trio_lkagent.plugins import (
+    STT,
     VAD,
     EnergyVAD,
     EspeakTTS,
     PocketSphinxSTT,
     SileroVAD,
+    SpeechEvent,
     SpeechEventType,
     StreamAdapter,
+    STTCapabilities,
     VADEvent,
     VADEventType,
     VADOptions,
@@ -307,3 +311,34 @@ async def test_vad_on_executor_threads_matches_inline() -> None:
     assert [(e.type, round(e.probability, 4)) for e in inline] == [
         (e.type, round(e.probability, 4)) for e in threaded
     ]
+
+
+class _FailingSTT:
+    """A user-written engine: the protocol is all it needs."""
+
+    @property
+    def capabilities(self) -> STTCapabilities:
+        return STTCapabilities(streaming=False)
+
+    async def recognize(
+        self, frames: Sequence[AudioFrame] | AudioFrame, *, language: str | None = None
+    ) -> SpeechEvent:
+        raise PluginError("FailingSTT: quota exceeded")
+
+    def stream(self, **kwargs: object) -> Any:
+        raise NotImplementedError
+
+
+async def test_adapter_reports_the_engine_error_to_the_consumer() -> None:
+    engine = _FailingSTT()
+    assert isinstance(engine, STT)
+    adapter = StreamAdapter(engine, EnergyVAD(VADOptions(min_silence_duration=0.4)))
+    async with adapter.stream(max_buffer_size=1000) as s:
+        for f in frames_of(load_fixture()):
+            s.push_frame(f)
+        s.end_input()
+        kinds = []
+        with pytest.raises(PluginError, match="FailingSTT: quota exceeded"):
+            async for event in s:
+                kinds.append(event.type)
+    assert kinds == [SpeechEventType.START_OF_SPEECH, SpeechEventType.END_OF_SPEECH]
