@@ -328,6 +328,14 @@ class JobStateMachine:
         """Mark the oldest update as sent."""
         return self._outbox.popleft()
 
+    def is_pending(self, update: JobUpdate) -> bool:
+        """True while *update* (as returned by :meth:`finish`) is queued and not sent.
+
+        The worker waits on this before a job leaves its room, so that the server
+        has the job's final status before it sees the agent go.
+        """
+        return any(queued is update for queued in self._outbox)
+
     @property
     def pending_updates(self) -> int:
         """Updates queued and not yet sent."""

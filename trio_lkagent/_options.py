@@ -14,7 +14,7 @@ import attrs
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, InvalidJobTypeError
 from ._protocol import WireFormat
 
 if TYPE_CHECKING:
@@ -42,6 +42,21 @@ class JobType(enum.IntEnum):
     PUBLISHER = agent_pb.JT_PUBLISHER
     #: One job per participant that joins.
     PARTICIPANT = agent_pb.JT_PARTICIPANT
+
+
+def to_job_type(value: object) -> JobType:
+    """*value* as a :class:`JobType` (a member, or its protocol number).
+
+    Raises:
+        InvalidJobTypeError: *value* is not one of ``ROOM``, ``PUBLISHER``, ``PARTICIPANT``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return JobType(value)
+        except ValueError:
+            pass
+    names = ", ".join(f"{t.name} ({t.value})" for t in JobType)
+    raise InvalidJobTypeError(f"invalid job type {value!r}: expected one of {names}")
 
 
 #: A user load function: gets the worker's statistics, returns a load in [0, 1].
@@ -79,6 +94,16 @@ def _positive(name: str) -> Callable[[object, attrs.Attribute[float], float], No
     def check(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
         if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
             raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+
+    return check
+
+
+def _positive_or_none(
+    name: str,
+) -> Callable[[object, attrs.Attribute[float | None], float | None], None]:
+    def check(inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None:
+            _positive(name)(inst, attr, value)  # type: ignore[arg-type]
 
     return check
 
@@ -170,7 +195,7 @@ class WorkerOptions:
     )
     #: Explicit dispatch targets workers by this name; empty means automatic dispatch.
     agent_name: str = ""
-    job_type: JobType = attrs.field(default=JobType.ROOM, converter=JobType)
+    job_type: JobType = attrs.field(default=JobType.ROOM, converter=to_job_type)
     namespace: str = ""
     version: str = ""
     permissions: Permissions = attrs.field(factory=Permissions)
@@ -204,6 +229,13 @@ class WorkerOptions:
     websocket_debug: bool = False
     #: Largest server frame accepted.
     max_message_size: int = 1 << 20
+    # -- job deadlines (issue 9) --
+    #: Seconds a job may run (None: no limit). On expiry the job's cancel scope is
+    #: cancelled and it ends JS_FAILED "job timed out after N s"; ``ctx.deadline``
+    #: shows it; ``req.accept(timeout=...)`` overrides it per job.
+    job_timeout: float | None = attrs.field(
+        default=None, validator=_positive_or_none("job_timeout")
+    )
 
     def __attrs_post_init__(self) -> None:
         if (

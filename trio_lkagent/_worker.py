@@ -21,6 +21,7 @@ bookkeeping is delegated to the pure :class:`~._jobstate.JobStateMachine`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -34,9 +35,19 @@ import trio_websocket
 from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 
-from ._exceptions import AuthenticationError, ConnectError, LKAgentError, ProtocolError
+from ._exceptions import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionLostError,
+    JobTimeoutError,
+    LKAgentError,
+    ProtocolError,
+    RecoveryFailedError,
+    ShutdownTimeoutError,
+    WorkerNotConnectedError,
+)
 from ._job import AcceptInfo, JobContext, JobRequest
-from ._jobstate import Decline, InvalidTransition, JobStateMachine, Outcome
+from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
@@ -76,9 +87,13 @@ class WorkerStatistics:
     jobs: dict[str, str]
     #: Room events dropped for slow consumers in the jobs' rooms (``ctx.connect``).
     room_events_dropped: int = 0
+    # -- issue 9 --
+    #: Set when the last drain reached ``drain_timeout`` with jobs still running
+    #: (they were cancelled); ``drain(strict=True)`` makes ``serve`` raise it.
+    drain_error: ShutdownTimeoutError | None = None
 
 
-class _ConnectionLost(Exception):
+class _ConnectionLost(ConnectionLostError):
     """The session ended and the worker should reconnect."""
 
 
@@ -138,12 +153,15 @@ class Worker:
         self._cancel_new_jobs = False
         self._wake_writer = trio.Event()
         self._wake_expiry = trio.Event()
+        self._outbox_progress = trio.Event()
         self._last_status: tuple[int, float, int] | None = None
         self._pings: dict[int, float] = {}
         self._ping_rtt: float | None = None
         self._reconnects = 0
         self._started = self._succeeded = self._failed = self._declined = 0
         self._room_events_dropped = 0
+        self._drain_error: ShutdownTimeoutError | None = None
+        self._strict_drain = False
 
     # -- public API ------------------------------------------------------------
 
@@ -185,9 +203,10 @@ class Worker:
             jobs=dict(self._job_rooms),
             room_events_dropped=self._room_events_dropped
             + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
+            drain_error=self._drain_error,
         )
 
-    def drain(self) -> None:
+    def drain(self, *, strict: bool = False) -> None:
         """Stop taking jobs and let ``serve`` return once running jobs are done.
 
         The worker reports WS_FULL, declines new requests (and those whose
@@ -195,8 +214,15 @@ class Worker:
         ``drain_timeout``, cancels the rest, reports their final statuses,
         closes the WebSocket with code 1000 and returns from ``serve``.
         Idempotent; a no-op when not serving.
+
+        Args:
+            strict: If ``drain_timeout`` passes with jobs still running, ``serve``
+                raises :class:`ShutdownTimeoutError` (after the same clean
+                shutdown) instead of returning. Either way the error is logged
+                and kept in ``statistics().drain_error``.
         """
         if self._serving:
+            self._strict_drain = self._strict_drain or strict
             self._drain_requested.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -208,8 +234,11 @@ class Worker:
 
         Raises:
             AuthenticationError: the server refused the credentials (no retry).
-            ConnectError: ``ReconnectPolicy.max_attempts`` connection attempts in
-                a row failed.
+            RecoveryFailedError: ``ReconnectPolicy.max_attempts`` connection
+                attempts in a row failed (a :class:`ConnectError`; its
+                ``__cause__`` is the last failure, e.g. :class:`ConnectionLostError`).
+            ShutdownTimeoutError: ``drain(strict=True)`` was called and
+                ``drain_timeout`` passed with jobs still running.
             RuntimeError: ``serve`` is already running on this worker.
 
         Cancellation:
@@ -235,6 +264,8 @@ class Worker:
                         await self._drain()
                 finally:
                     self._jobs_closed.set()
+            if self._strict_drain and self._drain_error is not None:
+                raise self._drain_error
         except BaseExceptionGroup as group:
             _raise_collapsed(group)
         finally:
@@ -257,11 +288,11 @@ class Worker:
         with trio.move_on_after(opts.drain_timeout) as waited:
             await self._wait_idle()
         if waited.cancelled_caught:
-            logger.warning(
-                "drain timeout (%.0f s) reached: cancelling %d job(s)",
-                opts.drain_timeout,
-                len(self._jobs),
+            self._drain_error = ShutdownTimeoutError(
+                f"drain timeout ({opts.drain_timeout:g} s) reached with"
+                f" {len(self._jobs)} job(s) still running: cancelled"
             )
+            logger.warning("%s", self._drain_error)
             self._cancel_new_jobs = True  # a late assignment ends at once
             for ctx in list(self._jobs.values()):
                 ctx.shutdown("worker drain timeout")
@@ -279,6 +310,7 @@ class Worker:
         policy = self._options.reconnect
         failures = 0
         started = False
+        last: BaseException | None = None
         while not self._jobs_closed.is_set():
             registered_at: float | None = None
 
@@ -299,14 +331,14 @@ class Worker:
             except AuthenticationError:
                 raise
             except (_ConnectionLost, ConnectError, ProtocolError) as exc:
-                reason = str(exc)
+                reason, last = str(exc), exc
             except (
                 trio_websocket.HandshakeError,
                 trio_websocket.ConnectionClosed,
                 trio.BrokenResourceError,
                 OSError,
             ) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason, last = f"{type(exc).__name__}: {exc}", exc
             stable = registered_at is not None and (
                 trio.current_time() - registered_at >= policy.stable_after
             )
@@ -314,10 +346,10 @@ class Worker:
                 failures = 0
             failures += 1
             if policy.max_attempts is not None and failures >= policy.max_attempts:
-                raise ConnectError(
+                raise RecoveryFailedError(
                     f"giving up after {failures} failed connection attempt(s) to"
                     f" {self._options.agent_ws_url}: {reason}"
-                )
+                ) from last
             delay = policy.delay(failures, self._rng)
             logger.warning(
                 "connection to the agent service lost (%s); retry in %.2f s", reason, delay
@@ -408,6 +440,7 @@ class Worker:
                 nursery.cancel_scope.cancel()
             finally:
                 self._ws = None
+                self._outbox_moved()
                 for job_id in self._state.connection_lost():
                     logger.debug("reservation for job %s released: connection lost", job_id)
                     self._released(job_id, "connection lost")
@@ -565,7 +598,8 @@ class Worker:
                 )
             logger.warning("request handler for job %s: %s; rejecting", job.id, why)
             request._answered = True
-            await self._answer(job, None)
+            with contextlib.suppress(WorkerNotConnectedError):
+                await self._answer(job, None)
 
     async def _answer(
         self, job: agent_pb.Job, accept: AcceptInfo | None, *, terminate: bool = False
@@ -592,7 +626,10 @@ class Worker:
         )
         ws = self._ws
         if ws is None:
-            return  # the server forgot the request with the connection
+            # The server forgot the request with the connection: nothing to send.
+            raise WorkerNotConnectedError(
+                f"cannot answer job {job.id}: the connection it was offered on is gone"
+            )
         if accept is not None:
             self._accepted[job.id] = accept
         try:
@@ -634,6 +671,10 @@ class Worker:
             worker_id=self._worker_id or "",
             accept=accept,
         )
+        timeout = accept.timeout if accept.timeout is not None else self._options.job_timeout
+        if timeout is not None:  # the job's deadline (issue 9): see _run_job
+            ctx.cancel_scope.deadline = trio.current_time() + timeout
+            ctx._timeout = timeout
         self._jobs[job.id] = ctx
         self._job_rooms[job.id] = job.room.name
         if self._cancel_new_jobs:
@@ -667,32 +708,70 @@ class Worker:
         bind_job(job_id, ctx.room_name, ctx.worker_id)
         self._observe(lambda o: o.job_started(ctx))
         try:
-            with ctx.cancel_scope:
+            # Teardown order (issue 9): the job's rooms live in this nursery,
+            # outside its cancel scope, and are left only after the final status
+            # is on the wire (_report_final): the server fails a running job whose
+            # agent leaves the room first. Keep new job-runner steps inside it.
+            async with trio.open_nursery() as rooms:
+                ctx._rooms = rooms
                 try:
-                    await self._entrypoint(ctx)
-                    outcome = Outcome.RETURNED
-                except BaseException as exc:
-                    failure = _without_cancelled(exc)
-                    if failure is None or not isinstance(failure, Exception):
-                        raise
-                    # Cancellation is level-triggered: an outer one that arrived
-                    # with this failure is raised again at the next checkpoint.
-                    outcome, error = Outcome.FAILED, _describe(failure)
-                    logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
-                        "job %s failed: %s", job_id, error, exc_info=failure
-                    )
-            await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                    with ctx.cancel_scope:
+                        try:
+                            await self._entrypoint(ctx)
+                            outcome = Outcome.RETURNED
+                        except BaseException as exc:
+                            failure = _without_cancelled(exc)
+                            if failure is None or not isinstance(failure, Exception):
+                                raise
+                            # Cancellation is level-triggered: an outer one that arrived
+                            # with this failure is raised again at the next checkpoint.
+                            outcome, error = Outcome.FAILED, _describe(failure)
+                            logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
+                                "job %s failed: %s", job_id, error, exc_info=failure
+                            )
+                    if outcome is Outcome.CANCELLED and ctx._timed_out():
+                        timed_out = JobTimeoutError(f"job timed out after {ctx._timeout:g} s")
+                        outcome, error = Outcome.FAILED, str(timed_out)
+                        ctx._shutdown_reason = ctx._shutdown_reason or error
+                        logger.error("job %s failed: %s", job_id, error)
+                    await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                finally:
+                    del self._jobs[job_id]
+                    del self._job_rooms[job_id]
+                    self._room_events_dropped += ctx._events_dropped
+                    update = self._state.finish(job_id, outcome, error)
+                    if outcome is Outcome.FAILED:
+                        self._failed += 1
+                    else:
+                        self._succeeded += 1
+                    self._notify()
+                    await self._report_final(update)
+                    ctx._leave()
         finally:
-            del self._jobs[job_id]
-            del self._job_rooms[job_id]
-            self._room_events_dropped += ctx._events_dropped
-            self._state.finish(job_id, outcome, error)
-            if outcome is Outcome.FAILED:
-                self._failed += 1
-            else:
-                self._succeeded += 1
-            self._notify()
             self._observe(lambda o: o.job_ended(ctx, outcome.value, error))
+
+    async def _report_final(self, update: JobUpdate) -> None:
+        """Wait until the job's final *update* is sent, before its room is left.
+
+        Shielded (the job may be ending by cancellation) and bounded by
+        ``shutdown_grace``. Returns at once when the socket is down (the update
+        stays queued and goes out after the next registration; the room is
+        still left now) or when ``serve`` itself is being cancelled (the session
+        sends it while closing the socket, after the jobs are gone).
+        """
+        if trio.current_effective_deadline() == -math.inf:
+            return  # serve() is being cancelled: the writer is going away too
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._options.shutdown_grace
+            while self._ws is not None and self._state.is_pending(update):
+                progress = self._outbox_progress
+                await progress.wait()
+        if scope.cancelled_caught:
+            logger.warning(
+                "job %s: final status not sent within %.1f s; leaving the room anyway",
+                update.job_id,
+                self._options.shutdown_grace,
+            )
 
     # -- observers --------------------------------------------------------------------
 
@@ -741,7 +820,13 @@ class Worker:
             while (update := state.peek_update()) is not None:
                 await self._send(ws, agent_pb.WorkerMessage(update_job=update.to_proto()))
                 state.pop_update()
+                self._outbox_moved()
             await self._send_status(ws)
+
+    def _outbox_moved(self) -> None:
+        """An update was sent, or the socket went away: wake ``_report_final``."""
+        self._outbox_progress.set()
+        self._outbox_progress = trio.Event()
 
     async def _send_status(
         self, ws: trio_websocket.WebSocketConnection, *, force: bool = False
@@ -863,7 +948,7 @@ def _raise_collapsed(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     if rest is not None:
         leaves = _leaves(rest)
         if len(leaves) == 1 and isinstance(leaves[0], LKAgentError):
-            raise leaves[0] from None
+            raise leaves[0] from leaves[0].__cause__  # keep its cause (RecoveryFailedError)
     raise group
 
 
