@@ -1,7 +1,8 @@
 """A transcription agent: every participant who publishes audio gets live transcripts.
 
 One ``JT_PUBLISHER`` job per publishing participant: the agent subscribes to that
-participant's audio, segments it with a VAD and transcribes each utterance with
+participant's audio, brings it to 16 kHz mono with a media pipeline
+(``trio_lkagent.media``), segments it with a VAD and transcribes each utterance with
 PocketSphinx (offline; the model ships in its wheel), then sends every final
 transcript twice:
 
@@ -47,6 +48,7 @@ from livekit import rtc
 
 from trio_lkagent import JobContext, JobType, Room, Worker, WorkerOptions, open_audio_stream
 from trio_lkagent.events import DataReceived, ParticipantDisconnected, TrackSubscribed
+from trio_lkagent.media import MediaPipeline, PipelineConfig, Rechunk, Remix, Resample
 from trio_lkagent.plugins import (
     VAD,
     EnergyVAD,
@@ -63,7 +65,7 @@ from trio_lkagent.plugins import (
 logger = logging.getLogger("transcription_agent")
 
 AGENT_NAME = "transcriber"
-RATE = 16_000  # what the STT wants: the native side resamples the track to it
+RATE = 16_000  # what the STT wants
 TOPIC = "transcript"
 
 
@@ -112,8 +114,15 @@ async def transcribe(room: Room, event: TrackSubscribed, stt: StreamAdapter) -> 
     """Transcribe one audio track until it ends."""
     who, track_sid = event.identity, event.track.sid
     number = 0
+    # The track as WebRTC delivers it (48 kHz), made what the STT wants by a media
+    # pipeline: resampled to 16 kHz, mixed to mono, cut in 20 ms frames.
+    pipeline = MediaPipeline(
+        PipelineConfig(sample_rate=RATE, channels=1, frame_ms=20),
+        [Resample(), Remix(), Rechunk()],
+    )
     async with (
-        open_audio_stream(event.rtc_track, sample_rate=RATE) as frames,
+        open_audio_stream(event.rtc_track, sample_rate=48_000) as mic,
+        pipeline.open(mic) as frames,
         stt.stream(language="en") as speech,
         trio.open_nursery() as nursery,
     ):
