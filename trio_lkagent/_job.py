@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ._room import AutoSubscribe, Room
     from ._worker import Worker
+    from .resilience import Checkpoint
 
 __all__ = ["AcceptInfo", "JobContext", "JobRequest", "ShutdownCallback"]
 
@@ -183,6 +184,10 @@ class JobContext:
         self._held_room: tuple[Room, trio.Event] | None = None
         #: Room events dropped for slow consumers in rooms this job has left.
         self._events_dropped = 0
+        # resilience: set by the worker before the entrypoint runs
+        self._checkpoint: Checkpoint | None = None
+        self._resumed = False
+        self._attempt = 1
 
     @property
     def job(self) -> agent_pb.Job:
@@ -428,6 +433,35 @@ class JobContext:
         this is ``trio.sleep``, kept for code ported from them.
         """
         await trio.sleep(seconds)
+
+    # -- resilience (trio_lkagent.resilience) -------------------------------------
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """This job's checkpoint: ``await save(key, value)``, ``await load(key, default)``,
+        ``await clear()``.
+
+        Keyed by namespace, agent name and room (and participant identity for
+        JT_PARTICIPANT jobs), so a job dispatched again for the same room after
+        its worker died finds what the dead one saved. Stored in
+        ``WorkerOptions.checkpoint_store`` (``LIVEKIT_CHECKPOINT_URL``).
+
+        Raises:
+            RuntimeError: the job was not started by a worker.
+        """
+        if self._checkpoint is None:
+            raise RuntimeError("no checkpoint store: this job was not started by a worker")
+        return self._checkpoint
+
+    @property
+    def resumed(self) -> bool:
+        """True if a checkpoint of this job's identity existed when it started."""
+        return self._resumed
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the entrypoint this is: 1, then 2, ... when recovery retries it."""
+        return self._attempt
 
     def _timed_out(self) -> bool:
         """True if the job's cancel scope ended it by reaching :attr:`deadline`.

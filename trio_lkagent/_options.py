@@ -19,6 +19,14 @@ from ._protocol import WireFormat
 
 if TYPE_CHECKING:
     from ._worker import WorkerStatistics
+    from .resilience import (
+        CheckpointStore,
+        HealthMonitor,
+        LoadCalculator,
+        RecoveryHandler,
+        ResourceLimits,
+        ResourceThresholds,
+    )
 
 __all__ = [
     "JobType",
@@ -235,6 +243,26 @@ class WorkerOptions:
     #: shows it; ``req.accept(timeout=...)`` overrides it per job.
     job_timeout: float | None = attrs.field(
         default=None, validator=_positive_or_none("job_timeout")
+    )
+
+    # -- resilience (trio_lkagent.resilience, docs/resilience.md) --------------------
+    #: Decides the reported load and admission (``load_fn`` is its one-function
+    #: shorthand; give one or the other). None: running / max_jobs.
+    load_calculator: LoadCalculator | None = None
+    #: Limits past which the worker reports WS_FULL and declines (and max_uptime drains).
+    resource_limits: ResourceLimits | None = None
+    #: GOOD/WARNING/CRITICAL thresholds of ``worker.resource_monitor`` (None: the seeds').
+    resource_thresholds: ResourceThresholds | None = None
+    #: Periodic health checks feeding the health server's ``/``.
+    health_monitor: HealthMonitor | None = None
+    #: What to do when a job fails (RETRY/BACKOFF in place, SKIP, TERMINATE). None:
+    #: failed jobs are not retried. ``LIVEKIT_RECOVERY_ENABLED=true`` sets the default one.
+    recovery: RecoveryHandler | None = None
+    #: Where ``ctx.checkpoint`` saves: a store, or a URL (``sqlite:///path``,
+    #: ``redis://host:port/db``, ``memory://``). Default: ``LIVEKIT_CHECKPOINT_URL``,
+    #: else in memory (survives retries, not a crash).
+    checkpoint_store: CheckpointStore | str | None = attrs.field(
+        factory=lambda: os.environ.get("LIVEKIT_CHECKPOINT_URL") or None
     )
 
     def __attrs_post_init__(self) -> None:

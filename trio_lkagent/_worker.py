@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -52,6 +52,10 @@ from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
+from .resilience._runtime import WorkerResilience
+
+if TYPE_CHECKING:
+    from .resilience import ResourceMonitor, ResourceSample
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
@@ -91,6 +95,35 @@ class WorkerStatistics:
     #: Set when the last drain reached ``drain_timeout`` with jobs still running
     #: (they were cancelled); ``drain(strict=True)`` makes ``serve`` raise it.
     drain_error: ShutdownTimeoutError | None = None
+
+    # -- resilience (trio_lkagent.resilience) ---------------------------------------
+    #: ``time.time()`` when ``serve`` started (None before).
+    start_time: float | None = None
+    #: Seconds since ``serve`` started.
+    uptime: float = 0.0
+    #: ``time.time()`` of the last job assignment (None before the first).
+    last_job_time: float | None = None
+    #: CPU of the worker's process tree, percent of one core (latest sample).
+    cpu_percent: float = 0.0
+    #: Resident memory of the worker's process tree, MB (latest sample).
+    memory_mb: float = 0.0
+    #: Bytes received from / sent to the agent service WebSocket (message payloads).
+    network_bytes_in: int = 0
+    network_bytes_out: int = 0
+    #: The last reported loads, oldest first (at most 60).
+    load_history: tuple[float, ...] = ()
+    #: ``"connected"``, ``"connecting"`` or ``"stopped"``.
+    connection_state: str = "connecting"
+    #: ``time.time()`` of the last message from the server.
+    last_heartbeat: float | None = None
+    #: Why the worker declines jobs although it has capacity (a resource limit); None if not.
+    full_reason: str | None = None
+    #: The latest CPU/memory sample (None before the first).
+    resources: ResourceSample | None = None
+    #: Job entrypoints re-run by the recovery policy.
+    job_retries: int = 0
+    #: Recovery decisions taken, by action (``"retry"``, ``"backoff"``, ...).
+    recovery_decisions: dict[str, int] = attrs.field(factory=dict)
 
 
 class _ConnectionLost(ConnectionLostError):
@@ -160,6 +193,7 @@ class Worker:
         self._reconnects = 0
         self._started = self._succeeded = self._failed = self._declined = 0
         self._room_events_dropped = 0
+        self._resilience = WorkerResilience(self)
         self._drain_error: ShutdownTimeoutError | None = None
         self._strict_drain = False
 
@@ -204,7 +238,16 @@ class Worker:
             room_events_dropped=self._room_events_dropped
             + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
             drain_error=self._drain_error,
+            **self._resilience.statistics_fields(),
         )
+
+    @property
+    def resource_monitor(self) -> ResourceMonitor:
+        """This worker's :class:`~trio_lkagent.resilience.ResourceMonitor`.
+
+        Fed by the worker's own sampler every ``load_interval`` while serving.
+        """
+        return self._resilience.monitor
 
     def drain(self, *, strict: bool = False) -> None:
         """Stop taking jobs and let ``serve`` return once running jobs are done.
@@ -255,6 +298,7 @@ class Worker:
         log_token = bind_worker(self)
         try:
             async with trio.open_nursery() as root:
+                root.start_soon(self._resilience.run, self._jobs_closed)
                 try:
                     async with trio.open_nursery() as jobs:
                         self._jobs_nursery = jobs
@@ -339,6 +383,7 @@ class Worker:
                 OSError,
             ) as exc:
                 reason, last = f"{type(exc).__name__}: {exc}", exc
+            self._resilience.connection_lost(reason)  # recovery: TERMINATE drains
             stable = registered_at is not None and (
                 trio.current_time() - registered_at >= policy.stable_after
             )
@@ -506,6 +551,7 @@ class Worker:
             code = reason.code if reason is not None else None
             text = f": {reason.reason}" if reason is not None and reason.reason else ""
             raise _ConnectionLost(f"server closed the connection (code {code}{text})") from None
+        self._resilience.received(len(data))
         try:
             message, _fmt = decode(data, agent_pb.ServerMessage)
         except ProtocolError as exc:
@@ -518,7 +564,9 @@ class Worker:
     async def _send(self, ws: trio_websocket.WebSocketConnection, message: Any) -> None:
         if self._options.websocket_debug:
             ws_logger.debug("-> %s", _redacted(message))
-        await ws.send_message(encode(message, self._options.wire_format))
+        data = encode(message, self._options.wire_format)
+        self._resilience.sent(len(data))
+        await ws.send_message(data)
 
     # -- the reader: dispatching server messages ---------------------------------
 
@@ -557,6 +605,16 @@ class Worker:
         decline = self._state.request(job.id, trio.current_time())
         if decline is not Decline.DUPLICATE:
             self._observe(lambda o: o.job_requested(job))
+        refusal = None if decline not in (None, Decline.FULL) else self._resilience.refusal(job)
+        if refusal is not None:  # resilience: a resource limit, the load calculator
+            if decline is None:
+                self._state.rejected(job.id)
+            self._declined += 1
+            self._observe(lambda o: o.job_answered(job.id, False, refusal))
+            logger.info("declining job %s: %s", job.id, refusal)
+            await self._send_availability(ws, job.id, None)
+            self._notify()
+            return
         if decline is not None:
             self._declined += 1
             if decline is not Decline.DUPLICATE:
@@ -680,6 +738,7 @@ class Worker:
         if self._cancel_new_jobs:
             ctx.shutdown("worker drain timeout")
         self._started += 1
+        self._resilience.job_assigned()
         self._jobs_nursery.start_soon(self._run_job, ctx, name=f"job {job.id}")
         self._notify()
 
@@ -717,7 +776,7 @@ class Worker:
                 try:
                     with ctx.cancel_scope:
                         try:
-                            await self._entrypoint(ctx)
+                            await self._resilience.run_entrypoint(self._entrypoint, ctx)
                             outcome = Outcome.RETURNED
                         except BaseException as exc:
                             failure = _without_cancelled(exc)
@@ -775,13 +834,22 @@ class Worker:
 
     # -- observers --------------------------------------------------------------------
 
-    def _add_observer(self, observer: WorkerObserver) -> None:
-        """Report job lifecycle points to *observer* too (metrics, tracing)."""
+    def add_observer(self, observer: WorkerObserver) -> None:
+        """Report job lifecycle points to *observer* too (metrics, tracing).
+
+        *observer* is a :class:`~trio_lkagent.WorkerObserver` (subclass it and
+        override the points you need); its methods are called synchronously
+        and must not block. An observer that raises is logged and ignored.
+        """
         self._observers.append(observer)
 
-    def _remove_observer(self, observer: WorkerObserver) -> None:
+    def remove_observer(self, observer: WorkerObserver) -> None:
+        """Stop reporting to *observer* (no-op if it was not added)."""
         if observer in self._observers:
             self._observers.remove(observer)
+
+    _add_observer = add_observer  # the former private names, kept for callers
+    _remove_observer = remove_observer
 
     def _observe(self, call: Callable[[WorkerObserver], None]) -> None:
         for observer in self._observers:
@@ -877,11 +945,7 @@ class Worker:
     async def _load_sampler(self) -> None:
         opts = self._options
         while True:
-            if opts.load_fn is not None:
-                try:
-                    self._state.set_load(float(opts.load_fn(self.statistics())))
-                except Exception:
-                    logger.exception("load_fn failed; keeping the previous load")
+            self._resilience.update_load()  # load_fn / load_calculator, load history
             self._last_status = None  # periodic report even when unchanged
             self._notify()
             await trio.sleep(opts.load_interval)
