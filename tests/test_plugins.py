@@ -348,3 +348,18 @@ async def test_adapter_reports_the_engine_error_to_the_consumer() -> None:
             async for event in s:
                 kinds.append(event.type)
     assert kinds == [SpeechEventType.START_OF_SPEECH, SpeechEventType.END_OF_SPEECH]
+
+
+async def test_prefix_padding_is_kept_before_the_speech() -> None:
+    frames = frames_of(load_fixture())
+    starts = []
+    for padding in (0.0, 0.3):
+        vad = EnergyVAD(VADOptions(min_silence_duration=0.4, prefix_padding_duration=padding))
+        end = next(e for e in await run_vad(vad, frames) if e.type is VADEventType.END_OF_SPEECH)
+        (utterance,) = end.frames
+        starts.append(utterance.timestamp)
+        # The utterance's audio ends where END_OF_SPEECH was decided.
+        assert utterance.timestamp + utterance.duration == pytest.approx(end.timestamp, abs=0.011)
+    # Speech starts at 0.5 s: no padding starts there, 0.3 s of padding 0.3 s earlier.
+    assert starts[0] == pytest.approx(0.51, abs=0.03)
+    assert starts[0] - starts[1] == pytest.approx(0.3, abs=0.02)

@@ -116,8 +116,11 @@ class _WindowVADStream(VADStream):
         conv = _Converter(rate)
         pending = np.empty(0, np.int16)
         position = 0  # samples of model-rate audio decided so far
+        # Before START_OF_SPEECH: the padding, plus the speech that is waiting to
+        # last min_speech_duration.
         prefix: collections.deque[Int16Array] = collections.deque(
-            maxlen=max(1, math.ceil(opts.prefix_padding_duration / win_dur))
+            maxlen=math.ceil((opts.prefix_padding_duration + opts.min_speech_duration) / win_dur)
+            + 1
         )
         speech: list[Int16Array] = []
         max_windows = max(1, int(opts.max_buffered_speech / win_dur))
@@ -170,6 +173,8 @@ class _WindowVADStream(VADStream):
                 else:
                     if prefix_on or p >= opts.activation_threshold:
                         prefix.append(window)
+                    elif not prefix_on:
+                        prefix.clear()
                     if p >= opts.activation_threshold:
                         speech_run += win_dur
                     else:
