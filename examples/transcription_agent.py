@@ -239,7 +239,7 @@ async def demo(wav: pathlib.Path) -> None:
             async with room.publish_audio(sample_rate=rate, name="mic") as mic:
                 await mic.write(samples)
                 await mic.write(np.zeros(rate, np.int16))  # a second of silence ends it
-                with trio.move_on_after(len(samples) / rate + 10):
+                with trio.move_on_after(len(samples) / rate + 5):
                     async for event in events:
                         if isinstance(event, DataReceived) and event.topic == TOPIC:
                             message = json.loads(event.payload)
