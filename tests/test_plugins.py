@@ -203,9 +203,33 @@ async def test_pocketsphinx_recognizes_the_fixture_at_48k_stereo() -> None:
     assert 0.3 <= alt.start_time < alt.end_time <= 4.0
     with pytest.raises(PluginError, match="language 'fr'"):
         await stt.recognize(first, language="fr")
-    with pytest.raises(PluginError, match="StreamAdapter"):
-        async with stt.stream():
+    with pytest.raises(PluginError, match="language 'de'"):
+        async with stt.stream(language="de"):
             pass
+
+
+async def test_pocketsphinx_streams_interim_and_final_results() -> None:
+    stt = PocketSphinxSTT()
+    assert stt.capabilities.streaming and stt.capabilities.interim_results
+    async with stt.stream(language="en", max_buffer_size=2000) as s:
+        for f in frames_of(upsample_48k(load_fixture())):
+            s.push_frame(f)
+        s.end_input()
+        events = [e async for e in s]
+    finals = [e for e in events if e.type is SpeechEventType.FINAL]
+    assert [e.type for e in events if e.type is not SpeechEventType.INTERIM] == [
+        SpeechEventType.START_OF_SPEECH,
+        SpeechEventType.FINAL,
+        SpeechEventType.END_OF_SPEECH,
+    ] * 2
+    interims = [e for e in events if e.type is SpeechEventType.INTERIM]
+    assert len(interims) > 10  # the hypothesis grows while the words arrive
+    # Live decoding starts from the model's default cepstral mean: the first
+    # utterance comes out rougher than the second.
+    assert share(finals[0].text, WORDS_1) >= 0.4, finals[0].text
+    assert share(finals[1].text, WORDS_2) >= 0.5, finals[1].text
+    a1, a2 = finals[0].alternatives[0], finals[1].alternatives[0]
+    assert 0.3 < a1.start_time < a1.end_time < a2.start_time < a2.end_time < 7.5
 
 
 async def test_stream_adapter_gives_one_final_per_utterance() -> None:
@@ -363,3 +387,18 @@ async def test_prefix_padding_is_kept_before_the_speech() -> None:
     # Speech starts at 0.5 s: no padding starts there, 0.3 s of padding 0.3 s earlier.
     assert starts[0] == pytest.approx(0.51, abs=0.03)
     assert starts[0] - starts[1] == pytest.approx(0.3, abs=0.02)
+
+
+async def test_pocketsphinx_stream_ends_an_utterance_cut_by_end_input() -> None:
+    audio = load_fixture()
+    cut = frames_of(AudioFrame(audio.samples[: int(2.0 * 16000)], 16000))  # mid-speech
+    async with PocketSphinxSTT().stream() as s:
+        for f in cut:
+            s.push_frame(f)
+        s.end_input()
+        kinds = [e.type for e in [e async for e in s] if e.type is not SpeechEventType.INTERIM]
+    assert kinds == [
+        SpeechEventType.START_OF_SPEECH,
+        SpeechEventType.FINAL,
+        SpeechEventType.END_OF_SPEECH,
+    ]
