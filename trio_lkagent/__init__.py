@@ -14,6 +14,7 @@ The local LiveKit server lives in :mod:`trio_lkagent.devserver`; the
 runs workers as services (``docs/cli.md``).
 """
 
+from ._cli import run_app as run_app
 from ._config import ServiceConfig as ServiceConfig
 from ._config import load_config_from_env as load_config_from_env
 from ._config import validate_config as validate_config

@@ -13,6 +13,7 @@ without the package nothing changes at all.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["OtelObserver", "WorkerObserver", "default_observers"]
 
 logger = logging.getLogger("trio_lkagent.telemetry")
+job_logger = logging.getLogger("trio_lkagent.job")
 
 
 class WorkerObserver:
@@ -195,9 +197,42 @@ class OtelObserver(WorkerObserver):
             self._finish(job_id, "worker stopped")
 
 
+class JobLogObserver(WorkerObserver):
+    """One INFO line when a job starts (id, type, room, identity) and one when it
+    ends (outcome, duration, error), on the ``trio_lkagent.job`` logger."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def job_started(self, ctx: JobContext) -> None:
+        self._started[ctx.job_id] = time.monotonic()
+        job_logger.info(
+            "job %s started: type=%s room=%s identity=%s",
+            ctx.job_id,
+            ctx.job_type.name,
+            ctx.room_name,
+            ctx.identity,
+        )
+
+    def job_ended(self, ctx: JobContext, outcome: str, error: str) -> None:
+        started = self._started.pop(ctx.job_id, None)
+        duration = time.monotonic() - started if started is not None else 0.0
+        job_logger.log(
+            logging.WARNING if error else logging.INFO,
+            "job %s ended: %s after %.1f s%s",
+            ctx.job_id,
+            outcome,
+            duration,
+            f": {error}" if error else "",
+        )
+
+
 def default_observers() -> list[WorkerObserver]:
-    """The observers every worker starts with: OpenTelemetry when it is installed."""
+    """The observers every worker starts with: the job log lines, and
+    OpenTelemetry when it is installed."""
+    observers: list[WorkerObserver] = [JobLogObserver()]
     try:
-        return [OtelObserver()]
+        observers.append(OtelObserver())
     except ImportError:
-        return []
+        pass
+    return observers

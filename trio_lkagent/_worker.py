@@ -22,6 +22,7 @@ bookkeeping is delegated to the pure :class:`~._jobstate.JobStateMachine`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -35,6 +36,7 @@ import trio_websocket
 from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 
+from ._config import dev_keys_quiet
 from ._exceptions import (
     AuthenticationError,
     ConnectError,
@@ -137,13 +139,15 @@ class Worker:
         entrypoint: ``async def entrypoint(ctx: JobContext)``, called once per
             job, inside the job's cancel scope.
         options: Connection and capacity settings (default: ``WorkerOptions()``,
-            which reads ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET``).
+            which reads ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET``;
+            missing ones are looked up again, and reported, when ``serve`` starts,
+            so building a worker at import time needs no configuration).
         request_handler: ``async def on_request(req: JobRequest)``, which calls
             ``req.accept(...)`` or ``req.reject()``. Without one every job
             (within capacity) is accepted with identity ``agent-<job id>``.
 
     Raises:
-        ConfigurationError: invalid or missing options.
+        ConfigurationError: invalid options (missing URL or keys: from ``serve``).
 
     Run it with ``trio.run(worker.serve)``, or inside an application with
     ``worker_id = await nursery.start(worker.serve)``.
@@ -276,6 +280,8 @@ class Worker:
         returns a registered worker.
 
         Raises:
+            ConfigurationError: no URL, API key or secret in the options nor in
+                the environment (see :meth:`WorkerOptions.resolved`).
             AuthenticationError: the server refused the credentials (no retry).
             RecoveryFailedError: ``ReconnectPolicy.max_attempts`` connection
                 attempts in a row failed (a :class:`ConnectError`; its
@@ -294,6 +300,7 @@ class Worker:
             raise RuntimeError("Worker.serve() is already running")
         if self._stopped:
             self._reset()
+        self._options = self._options.resolved()  # lazy configuration: fail here, not at import
         self._serving = True
         log_token = bind_worker(self)
         try:
@@ -421,11 +428,12 @@ class Worker:
 
     def _auth_headers(self) -> list[tuple[bytes, bytes]]:
         opts = self._options
-        token = (
-            lkapi.AccessToken(opts.api_key, opts.api_secret)
-            .with_grants(lkapi.VideoGrants(agent=True))
-            .to_jwt()
-        )
+        with dev_keys_quiet(opts.api_secret):  # LiveKit's dev secret is short by convention
+            token = (
+                lkapi.AccessToken(opts.api_key, opts.api_secret)
+                .with_grants(lkapi.VideoGrants(agent=True))
+                .to_jwt()
+            )
         return [(b"authorization", b"Bearer " + token.encode())]
 
     async def _session(self, on_registered: Callable[[str], None]) -> None:
@@ -860,6 +868,30 @@ class Worker:
 
     def _released(self, job_id: str, reason: str) -> None:
         self._observe(lambda o: o.job_released(job_id, reason))
+
+    def with_options(self, **changes: Any) -> Worker:
+        """A copy of this worker with some options replaced (for tests and tools).
+
+        Example: ``worker.with_options(url=server.url, api_key="devkey",
+        api_secret="secret", max_jobs=1)``. The copy has the same entrypoint and
+        handlers and a fresh state; this worker is left as it was.
+
+        Args:
+            **changes: :class:`WorkerOptions` fields and their new values.
+
+        Returns:
+            The new worker (not serving).
+
+        Raises:
+            ConfigurationError: a value is invalid.
+            TypeError: no such option.
+        """
+        options = attrs.evolve(self._options, **changes)
+        clone = copy.copy(self)
+        clone._observers = list(self._observers)
+        clone._serving = False
+        clone._set_options(options)
+        return clone
 
     def _set_options(self, options: WorkerOptions) -> None:
         """Replace the options of a worker that is not serving (the CLI's overrides)."""
