@@ -33,10 +33,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import trio
 import trio_websocket
-from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 
-from ._config import dev_keys_quiet
 from ._exceptions import (
     AuthenticationError,
     ConnectError,
@@ -51,12 +49,15 @@ from ._exceptions import (
 from ._job import AcceptInfo, JobContext, JobRequest
 from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
-from ._options import WorkerOptions
+from ._options import JobExecutor, WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
+from ._token import agent_token
+from .processes._proc import JobProcess, SetupFn, run_setup
 from .resilience._runtime import WorkerResilience
 
 if TYPE_CHECKING:
+    from .processes._pool import ProcessPool, ProcessPoolStatistics
     from .resilience import ResourceMonitor, ResourceSample
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
@@ -127,6 +128,10 @@ class WorkerStatistics:
     #: Recovery decisions taken, by action (``"retry"``, ``"backoff"``, ...).
     recovery_decisions: dict[str, int] = attrs.field(factory=dict)
 
+    # -- per-job processes (trio_lkagent.processes) --
+    #: The process executor's pool (idle, running with memory, crashes); None with tasks.
+    processes: ProcessPoolStatistics | None = None
+
 
 class _ConnectionLost(ConnectionLostError):
     """The session ended and the worker should reconnect."""
@@ -145,6 +150,10 @@ class Worker:
         request_handler: ``async def on_request(req: JobRequest)``, which calls
             ``req.accept(...)`` or ``req.reject()``. Without one every job
             (within capacity) is accepted with identity ``agent-<job id>``.
+        setup: ``def setup(proc: JobProcess)`` (or async): runs once per
+            worker (task executor, before registering) or once per job
+            process (process executor, before it takes a job) and fills
+            ``proc.userdata``, which jobs see as ``ctx.proc.userdata``.
 
     Raises:
         ConfigurationError: invalid options (missing URL or keys: from ``serve``).
@@ -159,12 +168,15 @@ class Worker:
         options: WorkerOptions | None = None,
         *,
         request_handler: RequestHandler | None = None,
+        setup: SetupFn | None = None,
     ) -> None:
         self._entrypoint = entrypoint
+        self._setup = setup
         self._options = options if options is not None else WorkerOptions()
         self._request_handler = request_handler
         self._rng = random.Random()
         self._observers: list[WorkerObserver] = default_observers()
+        self._proc = JobProcess()  # ctx.proc of task-executor jobs
         self._reset()
 
     def _reset(self) -> None:
@@ -200,6 +212,9 @@ class Worker:
         self._resilience = WorkerResilience(self)
         self._drain_error: ShutdownTimeoutError | None = None
         self._strict_drain = False
+        # -- per-job processes (trio_lkagent.processes)
+        self._job_runner: Entrypoint = self._entrypoint
+        self._process_pool: ProcessPool | None = None
 
     # -- public API ------------------------------------------------------------
 
@@ -241,6 +256,7 @@ class Worker:
             jobs=dict(self._job_rooms),
             room_events_dropped=self._room_events_dropped
             + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
+            processes=self._process_pool.statistics() if self._process_pool else None,
             drain_error=self._drain_error,
             **self._resilience.statistics_fields(),
         )
@@ -304,12 +320,16 @@ class Worker:
         self._serving = True
         log_token = bind_worker(self)
         try:
+            await self._run_setup()
             async with trio.open_nursery() as root:
                 root.start_soon(self._resilience.run, self._jobs_closed)
                 try:
                     async with trio.open_nursery() as jobs:
                         self._jobs_nursery = jobs
+                        await self._start_executor(root)
                         worker_id = await root.start(self._connection_manager)
+                        if self._process_pool is not None:
+                            self._process_pool.warm()  # after registering, not before
                         task_status.started(worker_id)
                         await self._drain_requested.wait()
                         await self._drain()
@@ -325,6 +345,27 @@ class Worker:
             self._ws = None
             unbind_worker(log_token)
             self._observe(lambda o: o.stopped())
+
+    # -- job executor (trio_lkagent.processes) ------------------------------------
+
+    async def _run_setup(self) -> None:
+        """Task executor: the setup hook, once, before registering (process: in each child)."""
+        if self._setup is not None and self._options.job_executor is JobExecutor.TASK:
+            try:
+                await run_setup(self._setup, self._proc)
+            except Exception as exc:
+                exc.add_note(f"raised by the setup hook {self._setup!r}; the worker did not start")
+                raise
+
+    async def _start_executor(self, root: trio.Nursery) -> None:
+        """Process executor: start the pool of job processes (it lives until jobs end)."""
+        if self._options.job_executor is JobExecutor.PROCESS:
+            from .processes._pool import serve_process_pool
+
+            self._process_pool = await root.start(
+                serve_process_pool, self._options, self._entrypoint, self._setup, self._jobs_closed
+            )
+            self._job_runner = self._process_pool.run
 
     # -- draining ----------------------------------------------------------------
 
@@ -428,12 +469,7 @@ class Worker:
 
     def _auth_headers(self) -> list[tuple[bytes, bytes]]:
         opts = self._options
-        with dev_keys_quiet(opts.api_secret):  # LiveKit's dev secret is short by convention
-            token = (
-                lkapi.AccessToken(opts.api_key, opts.api_secret)
-                .with_grants(lkapi.VideoGrants(agent=True))
-                .to_jwt()
-            )
+        token = agent_token(opts.api_key, opts.api_secret)
         return [(b"authorization", b"Bearer " + token.encode())]
 
     async def _session(self, on_registered: Callable[[str], None]) -> None:
@@ -737,6 +773,7 @@ class Worker:
             worker_id=self._worker_id or "",
             accept=accept,
         )
+        ctx._proc = self._proc
         timeout = accept.timeout if accept.timeout is not None else self._options.job_timeout
         if timeout is not None:  # the job's deadline (issue 9): see _run_job
             ctx.cancel_scope.deadline = trio.current_time() + timeout
@@ -784,7 +821,8 @@ class Worker:
                 try:
                     with ctx.cancel_scope:
                         try:
-                            await self._resilience.run_entrypoint(self._entrypoint, ctx)
+                            # the entrypoint, or its job process (JobExecutor.PROCESS)
+                            await self._resilience.run_entrypoint(self._job_runner, ctx)
                             outcome = Outcome.RETURNED
                         except BaseException as exc:
                             failure = _without_cancelled(exc)
