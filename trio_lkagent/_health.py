@@ -62,6 +62,8 @@ def worker_report(worker: Worker) -> dict[str, Any]:
 def health_report(worker: Worker) -> tuple[bool, str]:
     """``(healthy, reason)``: healthy while registered and taking (or full of) jobs."""
     stats = worker.statistics()
+    if stats.stuck_jobs:
+        return False, f"{stats.stuck_jobs} job(s) ignored cancellation and still run"
     if stats.status in ("available", "full"):
         return True, "OK"
     if stats.status == "connecting":
