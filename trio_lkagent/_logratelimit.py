@@ -60,7 +60,7 @@ class LogLimiter:
                 )
             start, passed, suppressed = now, 0, 0
         if passed < self._burst:
-            self._logger.log(level, msg, *args)
+            self._logger.log(level, msg, *args, stacklevel=2)
             passed += 1
         else:
             suppressed += 1
