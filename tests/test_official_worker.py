@@ -168,6 +168,49 @@ async def test_its_job_joins_the_room_over_webrtc(server: DevServer, tmp_path: P
             )
 
 
+async def test_what_the_server_records_when_its_job_ends_itself_in_the_room(
+    server: DevServer, tmp_path: Path
+) -> None:
+    """The official worker's job joins its room, then calls ``ctx.shutdown("done")``.
+
+    It disconnects from the room and reports the job's end without ordering the
+    two: the server (Go's rule, kept by the dev server) records JS_FAILED "agent
+    worker left the room" when the leave is processed first and ignores the
+    worker's later JS_SUCCESS; otherwise it records JS_SUCCESS. Both happen (see
+    docs/performance.md). trio-lkagent reports first, then leaves
+    (tests/test_job_teardown.py).
+    """
+    from livekit import rtc
+
+    from trio_lkagent import open_room
+
+    events = tmp_path / "events"
+    token = server.create_participant_token("ends", "ana")
+    async with official_worker(server, events), open_room(server.url, token) as room:
+        await server.create_dispatch("ends", AGENT, metadata="connect-shutdown")
+        with trio.fail_after(STEP):
+            await room.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+            job = await server.wait_for_job(room="ends", status=agent_pb.JS_RUNNING)
+            await server.wait_until(lambda: job.ended or None)
+
+            def final_report() -> agent_pb.UpdateJobStatus | None:
+                reports = [u for _, u in job.updates + job.late_updates]
+                finals = [u for u in reports if u.status != agent_pb.JS_RUNNING]
+                return finals[0] if finals else None
+
+            report = await server.wait_until(final_report)
+    assert report.status == agent_pb.JS_SUCCESS  # what the official worker itself says
+    if job.late_updates:  # the leave won the race: Go's record
+        assert job.termination is not None
+        assert (job.status, job.job.state.error) == (
+            agent_pb.JS_FAILED,
+            "agent worker left the room",
+        )
+    else:  # its report won
+        assert (job.status, job.job.state.error) == (agent_pb.JS_SUCCESS, "")
+    print(f"official worker, job ending itself in its room: {agent_pb.JobStatus.Name(job.status)}")
+
+
 async def test_livekit_api_rejects_bad_credentials(server: DevServer) -> None:
     bad = lkapi.AccessToken(server.api_key, "x" * 40).with_grants(lkapi.VideoGrants(room_list=True))
     with pytest.raises(lkapi.TwirpError) as info:

@@ -54,6 +54,7 @@ from ._room import Room as Room
 from ._room import RoomStatistics as RoomStatistics
 from ._room import TextStream as TextStream
 from ._room import open_room as open_room
+from ._telemetry import WorkerObserver as WorkerObserver
 from ._tracks import AudioOutput as AudioOutput
 from ._tracks import AudioReceiveStream as AudioReceiveStream
 from ._tracks import VideoOutput as VideoOutput

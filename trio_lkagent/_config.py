@@ -192,7 +192,8 @@ SERVICE_SETTINGS: tuple[Setting, ...] = (
         "--recovery",
         parse_bool,
         "one of 1, 0, true, false, yes, no, on, off",
-        "reconnect after losing the server and restart crashed worker processes (default on)",
+        "reconnect after losing the server and restart crashed worker processes (default on);"
+        " set explicitly to true, also retry failed jobs (DefaultRecoveryHandler)",
     ),
     Setting(
         "websocket_debug",
@@ -304,6 +305,7 @@ class ServiceConfig:
         }
         if not self.recovery_enabled:
             kwargs["reconnect"] = ReconnectPolicy(max_attempts=1)
+        kwargs.update(_recovery_changes(self, None))
         kwargs.update(overrides)
         return WorkerOptions(**kwargs)
 
@@ -319,7 +321,27 @@ class ServiceConfig:
                 changes[field] = getattr(self, attr)
         if "recovery_enabled" in self.explicit and not self.recovery_enabled:
             changes["reconnect"] = attrs.evolve(options.reconnect, max_attempts=1)
+        changes.update(_recovery_changes(self, options))
         return attrs.evolve(options, **changes) if changes else options
+
+
+def _recovery_changes(config: ServiceConfig, options: WorkerOptions | None) -> dict[str, Any]:
+    """Job recovery from ``LIVEKIT_RECOVERY_ENABLED`` (docs/resilience.md).
+
+    Unset: the application's ``WorkerOptions.recovery`` stands (default: no job
+    retries). Explicitly true: ``DefaultRecoveryHandler()`` unless the
+    application gave a handler. Explicitly false: no job retries (and, as
+    always, no reconnects and no process restarts).
+    """
+    if "recovery_enabled" not in config.explicit:
+        return {}
+    if not config.recovery_enabled:
+        return {"recovery": None}
+    if options is not None and options.recovery is not None:
+        return {}
+    from .resilience import DefaultRecoveryHandler
+
+    return {"recovery": DefaultRecoveryHandler()}
 
 
 #: ServiceConfig attribute -> WorkerOptions field, where a value carries over as is.

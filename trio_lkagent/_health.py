@@ -56,6 +56,32 @@ def worker_report(worker: Worker) -> dict[str, Any]:
         "reconnects": stats.reconnects,
         "ping_rtt": stats.ping_rtt,
         "room_events_dropped": stats.room_events_dropped,
+        # resilience
+        "start_time": stats.start_time,
+        "uptime": stats.uptime,
+        "last_job_time": stats.last_job_time,
+        "cpu_percent": stats.cpu_percent,
+        "memory_mb": stats.memory_mb,
+        "network_bytes_in": stats.network_bytes_in,
+        "network_bytes_out": stats.network_bytes_out,
+        "connection_state": stats.connection_state,
+        "last_heartbeat": stats.last_heartbeat,
+        "load_history": list(stats.load_history),
+        "full_reason": stats.full_reason,
+        "job_retries": stats.job_retries,
+        "recovery_decisions": stats.recovery_decisions,
+        "health": _monitor_report(worker),
+    }
+
+
+def _monitor_report(worker: Worker) -> dict[str, Any] | None:
+    """The health monitor's and resource monitor's verdicts, if any."""
+    monitor = worker.options.health_monitor
+    resources = worker.resource_monitor.status()
+    return {
+        "healthy": monitor.healthy if monitor is not None else None,
+        "reason": monitor.reason if monitor is not None else "",
+        "resources": resources.health.name if resources is not None else None,
     }
 
 
@@ -64,6 +90,9 @@ def health_report(worker: Worker) -> tuple[bool, str]:
     stats = worker.statistics()
     if stats.stuck_jobs:
         return False, f"{stats.stuck_jobs} job(s) ignored cancellation and still run"
+    monitor = worker.options.health_monitor
+    if monitor is not None and not monitor.healthy and stats.status in ("available", "full"):
+        return False, f"unhealthy: {monitor.reason}"
     if stats.status in ("available", "full"):
         return True, "OK"
     if stats.status == "connecting":
@@ -143,7 +172,8 @@ async def serve_health(
     """Serve the worker's health, state and metrics over HTTP until cancelled.
 
     - ``GET /``: ``200 OK`` while the worker is registered and serving (also
-      when full); ``503`` with the reason otherwise (connecting, draining, stopped).
+      when full); ``503`` with the reason otherwise (connecting, draining, stopped,
+      or ``WorkerOptions.health_monitor`` says unhealthy).
     - ``GET /worker``: JSON: worker id, agent name, status, load, running jobs
       with their rooms, reconnects, ping RTT, counters.
     - ``GET /metrics``: Prometheus text format, from a registry of this worker's own.
@@ -163,7 +193,7 @@ async def serve_health(
     from ._metrics import WorkerMetrics
 
     metrics = WorkerMetrics(worker)
-    worker._add_observer(metrics)
+    worker.add_observer(metrics)
     config = HypercornConfig()
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{bind_host}:{port}"]
@@ -181,4 +211,4 @@ async def serve_health(
             binds: list[str] = await nursery.start(serve)
             task_status.started(binds[0])
     finally:
-        worker._remove_observer(metrics)
+        worker.remove_observer(metrics)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 import trio
 from livekit.protocol import agent as agent_pb
 
-from ._options import JobType
+from ._options import JobType, to_job_type
 
 if TYPE_CHECKING:
     from livekit import rtc
 
     from ._room import AutoSubscribe, Room
     from ._worker import Worker
+    from .resilience import Checkpoint
 
 __all__ = ["AcceptInfo", "JobContext", "JobRequest", "ShutdownCallback"]
 
@@ -37,6 +39,8 @@ class AcceptInfo:
     name: str = ""
     metadata: str = ""
     attributes: Mapping[str, str] = attrs.field(factory=dict)
+    #: Seconds the job may run; None: ``WorkerOptions.job_timeout``; ``math.inf``: no limit.
+    timeout: float | None = None
 
 
 class JobRequest:
@@ -70,8 +74,12 @@ class JobRequest:
 
     @property
     def job_type(self) -> JobType:
-        """ROOM, PUBLISHER or PARTICIPANT."""
-        return JobType(self._job.type)
+        """ROOM, PUBLISHER or PARTICIPANT.
+
+        Raises:
+            InvalidJobTypeError: the server sent a type this SDK does not know.
+        """
+        return to_job_type(self._job.type)
 
     @property
     def answered(self) -> bool:
@@ -85,6 +93,7 @@ class JobRequest:
         name: str = "",
         metadata: str = "",
         attributes: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's deadline, not this call's
     ) -> None:
         """Take the job. The server answers with an assignment and the entrypoint runs.
 
@@ -94,16 +103,26 @@ class JobRequest:
             name: Display name.
             metadata: Participant metadata.
             attributes: Participant attributes.
+            timeout: Seconds the job may run once assigned (its ``ctx.deadline``);
+                None for ``WorkerOptions.job_timeout``, ``math.inf`` for no limit.
 
         Raises:
             RuntimeError: the request was answered already.
+            ValueError: *timeout* is not a number > 0.
+            WorkerNotConnectedError: the connection the request came on is gone
+                (the server forgot the request; nothing was sent).
         """
+        if timeout is not None and not (
+            isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+        ):
+            raise ValueError(f"timeout must be a number > 0 (or None), got {timeout!r}")
         self._claim()
         info = AcceptInfo(
             identity=identity or f"agent-{self._job.id}",
             name=name,
             metadata=metadata,
             attributes=dict(attributes or {}),
+            timeout=timeout,
         )
         await self._worker._answer(self._job, info)
 
@@ -116,6 +135,7 @@ class JobRequest:
 
         Raises:
             RuntimeError: the request was answered already.
+            WorkerNotConnectedError: the connection the request came on is gone.
         """
         self._claim()
         await self._worker._answer(self._job, None, terminate=terminate)
@@ -151,10 +171,23 @@ class JobContext:
         self._accept = accept
         self._cancel_scope = trio.CancelScope()
         self._shutdown_reason: str | None = None
+        #: Seconds the job may run, set at assignment (None: no limit).
+        self._timeout: float | None = None
         self._callbacks: list[ShutdownCallback] = []
         self._room: Room | None = None
+        #: Set by the worker's job runner: the nursery that holds the job's rooms,
+        #: outside the job's cancel scope, so that the room is left only after
+        #: the job's final status reached the server (see ``Worker._run_job``).
+        #: None for a context built outside a worker: the block then owns the room.
+        self._rooms: trio.Nursery | None = None
+        #: The room held in that nursery and the event that makes it leave.
+        self._held_room: tuple[Room, trio.Event] | None = None
         #: Room events dropped for slow consumers in rooms this job has left.
         self._events_dropped = 0
+        # resilience: set by the worker before the entrypoint runs
+        self._checkpoint: Checkpoint | None = None
+        self._resumed = False
+        self._attempt = 1
 
     @property
     def job(self) -> agent_pb.Job:
@@ -168,8 +201,12 @@ class JobContext:
 
     @property
     def job_type(self) -> JobType:
-        """ROOM, PUBLISHER or PARTICIPANT."""
-        return JobType(self._job.type)
+        """ROOM, PUBLISHER or PARTICIPANT.
+
+        Raises:
+            InvalidJobTypeError: the server sent a type this SDK does not know.
+        """
+        return to_job_type(self._job.type)
 
     @property
     def room_name(self) -> str:
@@ -203,8 +240,23 @@ class JobContext:
 
     @property
     def shutdown_reason(self) -> str | None:
-        """Why the job is stopping, once it is; None while it runs normally."""
+        """Why the job is stopping, once it is; None while it runs normally.
+
+        ``"job timed out after N s"`` once :attr:`deadline` has passed.
+        """
+        if self._shutdown_reason is None and self._timed_out_now():
+            return f"job timed out after {self._timeout:g} s"
         return self._shutdown_reason
+
+    @property
+    def deadline(self) -> float:
+        """When the job times out, on Trio's clock (``math.inf``: no limit).
+
+        Set at assignment from ``req.accept(timeout=...)`` or
+        ``WorkerOptions.job_timeout``; it is the deadline of :attr:`cancel_scope`,
+        so code may compare it with ``trio.current_time()`` or move it.
+        """
+        return self._cancel_scope.deadline
 
     @property
     def cancel_scope(self) -> trio.CancelScope:
@@ -232,6 +284,15 @@ class JobContext:
     ) -> AsyncIterator[Room]:
         """Join the job's room (:func:`~trio_lkagent.open_room` with the job's URL and token).
 
+        The room belongs to the job, not to the block: leaving the block ends
+        :attr:`room`, and the agent leaves the room when the job ends, right
+        after the job's final status (``JS_SUCCESS``, or ``JS_FAILED`` with the
+        error) reached the server. LiveKit's server fails a running job whose
+        agent leaves its room ("agent worker left the room"); this ordering is
+        what lets a job that ends by itself be recorded as it ended. Entering
+        ``connect()`` again in the same job enters the same room again (leaving
+        it would end the job on the server).
+
         Args:
             auto_subscribe: Remote tracks to subscribe to by ourselves
                 (default ``AutoSubscribe.AUDIO_ONLY``).
@@ -246,26 +307,71 @@ class JobContext:
             RuntimeError: Already connected.
 
         Cancellation:
-            The job's cancellation (termination, shutdown) leaves the block and
-            disconnects, shielded and bounded.
+            The job's cancellation (termination, shutdown, timeout) leaves the
+            block; the room is left after the final status, shielded and bounded.
+            When ``serve`` itself is cancelled, the room is left at once and the
+            final status is sent when the worker closes its socket.
         """
         from ._room import AutoSubscribe, open_room
 
         if self._room is not None:
             raise RuntimeError("this job is already connected to its room")
-        async with open_room(
+        opening = functools.partial(
+            open_room,
             self._url,
             self._token,
             auto_subscribe=auto_subscribe or AutoSubscribe.AUDIO_ONLY,
             connect_timeout=connect_timeout,
             options=options,
-        ) as room:
-            self._room = room
-            try:
-                yield room
-            finally:
-                self._events_dropped += room.statistics().events_dropped
-                self._room = None
+        )
+        if self._rooms is None:
+            async with opening() as room:
+                self._room = room
+                try:
+                    yield room
+                finally:
+                    self._events_dropped += room.statistics().events_dropped
+                    self._room = None
+            return
+        if self._held_room is None:
+            self._held_room = await self._rooms.start(self._hold_room, opening)
+        room = self._held_room[0]  # still in it since an earlier block: enter it again
+        self._room = room
+        try:
+            yield room
+        finally:
+            self._events_dropped += room.statistics().events_dropped
+            self._room = None
+
+    async def _hold_room(
+        self,
+        opening: Callable[[], AbstractAsyncContextManager[Room]],
+        *,
+        task_status: trio.TaskStatus[tuple[Room, trio.Event]],
+    ) -> None:
+        """Join, hand the room to ``connect``, and stay until the job runner says leave.
+
+        Runs in the job runner's room nursery: leaving ``async with ctx.connect()``
+        does not leave the room; the job's end does, after its final status is
+        on the wire (:meth:`_leave`). Errors while joining reach ``connect``'s
+        caller through ``nursery.start``; errors while leaving are logged.
+        """
+        leave = trio.Event()
+        started = False
+        try:
+            async with opening() as room:
+                task_status.started((room, leave))
+                started = True
+                await leave.wait()
+        except Exception:
+            if not started:
+                raise
+            logger.exception("leaving the room of job %s failed", self.job_id)
+
+    def _leave(self) -> None:
+        """The job's final status is out (or cannot be sent): leave the held room."""
+        if self._held_room is not None:
+            self._held_room[1].set()
 
     async def wait_for_participant(
         self,
@@ -327,6 +433,49 @@ class JobContext:
         this is ``trio.sleep``, kept for code ported from them.
         """
         await trio.sleep(seconds)
+
+    # -- resilience (trio_lkagent.resilience) -------------------------------------
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """This job's checkpoint: ``await save(key, value)``, ``await load(key, default)``,
+        ``await clear()``.
+
+        Keyed by namespace, agent name and room (and participant identity for
+        JT_PARTICIPANT jobs), so a job dispatched again for the same room after
+        its worker died finds what the dead one saved. Stored in
+        ``WorkerOptions.checkpoint_store`` (``LIVEKIT_CHECKPOINT_URL``).
+
+        Raises:
+            RuntimeError: the job was not started by a worker.
+        """
+        if self._checkpoint is None:
+            raise RuntimeError("no checkpoint store: this job was not started by a worker")
+        return self._checkpoint
+
+    @property
+    def resumed(self) -> bool:
+        """True if a checkpoint of this job's identity existed when it started."""
+        return self._resumed
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the entrypoint this is: 1, then 2, ... when recovery retries it."""
+        return self._attempt
+
+    def _timed_out(self) -> bool:
+        """True if the job's cancel scope ended it by reaching :attr:`deadline`.
+
+        A :meth:`shutdown` (termination, draining) that came first is not a timeout.
+        """
+        return self._cancel_scope.cancelled_caught and self._timed_out_now()
+
+    def _timed_out_now(self) -> bool:
+        return (
+            self._timeout is not None
+            and self._shutdown_reason is None
+            and trio.current_time() >= self._cancel_scope.deadline
+        )
 
     def _events_dropped_now(self) -> int:
         """Room events dropped so far, in the room joined now and those left."""

@@ -133,6 +133,8 @@ class JobStateMachine:
         # nothing per running job.
         self._deadlines: dict[str, float] = {}
         self.draining = False
+        #: Why admission is held (a resource limit exceeded); None: not held.
+        self.hold: str | None = None
 
     # -- queries -------------------------------------------------------------
 
@@ -179,7 +181,10 @@ class JobStateMachine:
     def is_full(self) -> bool:
         """True when the worker must report WS_FULL and decline requests."""
         return (
-            self.draining or len(self._slots) >= self.max_jobs or self.load >= self.load_threshold
+            self.draining
+            or len(self._slots) >= self.max_jobs
+            or self.load >= self.load_threshold
+            or self.hold is not None
         )
 
     @property
@@ -327,6 +332,14 @@ class JobStateMachine:
     def pop_update(self) -> JobUpdate:
         """Mark the oldest update as sent."""
         return self._outbox.popleft()
+
+    def is_pending(self, update: JobUpdate) -> bool:
+        """True while *update* (as returned by :meth:`finish`) is queued and not sent.
+
+        The worker waits on this before a job leaves its room, so that the server
+        has the job's final status before it sees the agent go.
+        """
+        return any(queued is update for queued in self._outbox)
 
     @property
     def pending_updates(self) -> int:

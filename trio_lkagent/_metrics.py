@@ -19,12 +19,15 @@ from prometheus_client.registry import Collector
 from ._telemetry import WorkerObserver
 
 if TYPE_CHECKING:
+    from ._job import JobContext
     from ._worker import Worker
 
-__all__ = ["DISPATCH_BUCKETS", "WorkerMetrics"]
+__all__ = ["DISPATCH_BUCKETS", "JOB_DURATION_BUCKETS", "WorkerMetrics"]
 
 #: Seconds from the availability request to the assignment.
 DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Seconds a job ran (entrypoint start to end, retries included).
+JOB_DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0)
 _STATUSES = ("connecting", "available", "full", "draining", "stopped")
 
 
@@ -48,6 +51,14 @@ class WorkerMetrics(WorkerObserver):
             buckets=DISPATCH_BUCKETS,
             registry=self.registry,
         )
+        self._job_started: dict[str, float] = {}
+        self.job_duration = Histogram(
+            "lkagent_job_duration_seconds",
+            "How long jobs ran (retries included), by outcome",
+            labelnames=["outcome"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_StatisticsCollector(worker))
 
     def job_requested(self, job: agent_pb.Job) -> None:
@@ -65,6 +76,16 @@ class WorkerMetrics(WorkerObserver):
         if started is not None:
             self.dispatch_latency.observe(trio.current_time() - started)
 
+    def job_started(self, ctx: JobContext) -> None:
+        """Start timing the job."""
+        self._job_started[ctx.job_id] = trio.current_time()
+
+    def job_ended(self, ctx: JobContext, outcome: str, error: str) -> None:
+        """Observe the job's duration."""
+        started = self._job_started.pop(ctx.job_id, None)
+        if started is not None:
+            self.job_duration.labels(outcome=outcome).observe(trio.current_time() - started)
+
     def job_released(self, job_id: str, reason: str) -> None:
         """Forget a reservation that never ran."""
         self._requested.pop(job_id, None)
@@ -72,6 +93,7 @@ class WorkerMetrics(WorkerObserver):
     def stopped(self) -> None:
         """Forget pending requests."""
         self._requested.clear()
+        self._job_started.clear()
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in the Prometheus text format, and its content type."""
@@ -130,6 +152,32 @@ class _StatisticsCollector(Collector):
             "Room events dropped for slow consumers in jobs' rooms",
             stats.room_events_dropped,
         )
+        # resilience: resources, limits, recovery
+        yield gauge(
+            "lkagent_cpu_percent", "CPU of the process tree, % of one core", stats.cpu_percent
+        )
+        yield gauge("lkagent_memory_mb", "Resident memory of the process tree, MB", stats.memory_mb)
+        yield gauge("lkagent_uptime_seconds", "Seconds since serve started", stats.uptime)
+        yield gauge(
+            "lkagent_resource_limited",
+            "1 while a resource limit holds WS_FULL",
+            int(bool(stats.full_reason)),
+        )
+        yield counter(
+            "lkagent_network_received_bytes", "Bytes from the agent service", stats.network_bytes_in
+        )
+        yield counter(
+            "lkagent_network_sent_bytes", "Bytes to the agent service", stats.network_bytes_out
+        )
+        yield counter(
+            "lkagent_job_retries", "Job entrypoints re-run by recovery", stats.job_retries
+        )
+        decisions = CounterMetricFamily(
+            "lkagent_recovery_decisions", "Recovery decisions taken, by action", labels=["action"]
+        )
+        for action in ("retry", "backoff", "skip", "terminate"):
+            decisions.add_metric([action], stats.recovery_decisions.get(action, 0))
+        yield decisions
         rtt = stats.ping_rtt
         yield gauge(
             "lkagent_ping_rtt_seconds",

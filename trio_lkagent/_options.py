@@ -14,11 +14,19 @@ import attrs
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, InvalidJobTypeError
 from ._protocol import WireFormat
 
 if TYPE_CHECKING:
     from ._worker import WorkerStatistics
+    from .resilience import (
+        CheckpointStore,
+        HealthMonitor,
+        LoadCalculator,
+        RecoveryHandler,
+        ResourceLimits,
+        ResourceThresholds,
+    )
 
 __all__ = [
     "JobType",
@@ -42,6 +50,21 @@ class JobType(enum.IntEnum):
     PUBLISHER = agent_pb.JT_PUBLISHER
     #: One job per participant that joins.
     PARTICIPANT = agent_pb.JT_PARTICIPANT
+
+
+def to_job_type(value: object) -> JobType:
+    """*value* as a :class:`JobType` (a member, or its protocol number).
+
+    Raises:
+        InvalidJobTypeError: *value* is not one of ``ROOM``, ``PUBLISHER``, ``PARTICIPANT``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return JobType(value)
+        except ValueError:
+            pass
+    names = ", ".join(f"{t.name} ({t.value})" for t in JobType)
+    raise InvalidJobTypeError(f"invalid job type {value!r}: expected one of {names}")
 
 
 #: A user load function: gets the worker's statistics, returns a load in [0, 1].
@@ -79,6 +102,16 @@ def _positive(name: str) -> Callable[[object, attrs.Attribute[float], float], No
     def check(_inst: object, _attr: attrs.Attribute[float], value: float) -> None:
         if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
             raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+
+    return check
+
+
+def _positive_or_none(
+    name: str,
+) -> Callable[[object, attrs.Attribute[float | None], float | None], None]:
+    def check(inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None:
+            _positive(name)(inst, attr, value)  # type: ignore[arg-type]
 
     return check
 
@@ -170,7 +203,7 @@ class WorkerOptions:
     )
     #: Explicit dispatch targets workers by this name; empty means automatic dispatch.
     agent_name: str = ""
-    job_type: JobType = attrs.field(default=JobType.ROOM, converter=JobType)
+    job_type: JobType = attrs.field(default=JobType.ROOM, converter=to_job_type)
     namespace: str = ""
     version: str = ""
     permissions: Permissions = attrs.field(factory=Permissions)
@@ -204,6 +237,34 @@ class WorkerOptions:
     websocket_debug: bool = False
     #: Largest server frame accepted.
     max_message_size: int = 1 << 20
+    # -- job deadlines (issue 9) --
+    #: Seconds a job may run (None: no limit). On expiry the job's cancel scope is
+    #: cancelled and it ends JS_FAILED "job timed out after N s"; ``ctx.deadline``
+    #: shows it; ``req.accept(timeout=...)`` overrides it per job.
+    job_timeout: float | None = attrs.field(
+        default=None, validator=_positive_or_none("job_timeout")
+    )
+
+    # -- resilience (trio_lkagent.resilience, docs/resilience.md) --------------------
+    #: Decides the reported load and admission (``load_fn`` is its one-function
+    #: shorthand; give one or the other). None: running / max_jobs.
+    load_calculator: LoadCalculator | None = None
+    #: Limits past which the worker reports WS_FULL and declines (and max_uptime drains).
+    resource_limits: ResourceLimits | None = None
+    #: GOOD/WARNING/CRITICAL thresholds of ``worker.resource_monitor`` (None: the seeds').
+    resource_thresholds: ResourceThresholds | None = None
+    #: Periodic health checks feeding the health server's ``/``.
+    health_monitor: HealthMonitor | None = None
+    #: What to do when a job fails (RETRY/BACKOFF in place, SKIP, TERMINATE). None:
+    #: failed jobs are not retried. ``LIVEKIT_RECOVERY_ENABLED=true`` sets the default one.
+    recovery: RecoveryHandler | None = None
+    #: Where ``ctx.checkpoint`` saves: a store, or a URL (``sqlite:///path``,
+    #: ``redis://host:port/db``, ``memory://``). Default: ``LIVEKIT_CHECKPOINT_URL``,
+    #: else in memory (survives retries, not a crash).
+    checkpoint_store: CheckpointStore | str | None = attrs.field(
+        factory=lambda: os.environ.get("LIVEKIT_CHECKPOINT_URL") or None
+    )
+
     # -- hardening (issue-10) --
     #: A message not sent within this means the server stopped reading: the
     #: connection is dropped and re-established.

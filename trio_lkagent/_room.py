@@ -44,6 +44,7 @@ from ._events import (
     TrackPublished,
 )
 from ._exceptions import ConnectError
+from ._publish import publish_options
 from ._tracks import (
     AudioOutput,
     VideoOutput,
@@ -833,6 +834,9 @@ class Room:
         name: str = "agent",
         source: int = rtc.TrackSource.SOURCE_MICROPHONE,
         queue_ms: int = 200,
+        max_bitrate: int | None = None,
+        dtx: bool | None = None,
+        red: bool | None = None,
     ) -> AsyncIterator[AudioOutput]:
         """Publish an audio track fed from numpy, for the duration of the block.
 
@@ -849,6 +853,9 @@ class Room:
             name: The track name.
             source: ``livekit.rtc.TrackSource`` value.
             queue_ms: Audio buffered ahead of real time (a positive multiple of 10).
+            max_bitrate: Encoder ceiling in bits per second (None: livekit's default).
+            dtx: Opus discontinuous transmission (None: livekit's default).
+            red: Redundant audio encoding (None: livekit's default).
 
         Yields:
             The :class:`~._tracks.AudioOutput`; ``out.publication`` is set.
@@ -864,7 +871,8 @@ class Room:
         async with open_audio_output(
             sample_rate=sample_rate, num_channels=num_channels, name=name, queue_ms=queue_ms
         ) as output:
-            output.publication = await self._publish(output.track, source)
+            options = publish_options(source, max_bitrate=max_bitrate, dtx=dtx, red=red)
+            output.publication = await self._publish(output.track, options)
             try:
                 yield output
             finally:
@@ -879,6 +887,10 @@ class Room:
         name: str = "agent-video",
         source: int = rtc.TrackSource.SOURCE_CAMERA,
         is_screencast: bool = False,
+        max_bitrate: int | None = None,
+        max_framerate: float | None = None,
+        simulcast: bool | None = None,
+        codec: int | str | None = None,
     ) -> AsyncIterator[VideoOutput]:
         """Publish a video track fed from numpy frames, for the duration of the block.
 
@@ -888,6 +900,18 @@ class Room:
             name: The track name.
             source: ``livekit.rtc.TrackSource`` value.
             is_screencast: Tune the encoder for screen content.
+            max_bitrate: Encoder ceiling in bits per second for the top layer
+                (None: livekit's default for the size).
+            max_framerate: Encoder frame-rate ceiling (None: livekit's default).
+            simulcast: Publish several layers (``low``/``medium``/``high``) that
+                subscribers choose between (None: livekit's default: on for sizes
+                that have several layers, e.g. 640x360 and up; the dev server relays a
+                single layer, so publish to it with ``simulcast=False``).
+            codec: ``livekit.rtc.VideoCodec`` value or name (``"vp8"``, ``"h264"``,
+                ``"vp9"``, ``"av1"``, ``"h265"``; None: VP8).
+
+        Raises:
+            ValueError: An unknown codec or a non-positive bitrate/frame rate.
 
         Yields:
             The :class:`~._tracks.VideoOutput`; write frames at the rate you want.
@@ -898,14 +922,23 @@ class Room:
         async with open_video_output(
             width, height, name=name, is_screencast=is_screencast
         ) as output:
-            output.publication = await self._publish(output.track, source)
+            options = publish_options(
+                source,
+                max_bitrate=max_bitrate,
+                max_framerate=max_framerate,
+                simulcast=simulcast,
+                codec=codec,
+                video_height=height,
+            )
+            output.publication = await self._publish(output.track, options)
             try:
                 yield output
             finally:
                 await self._unpublish(output.publication)
 
-    async def _publish(self, track: rtc.LocalTrack, source: int) -> rtc.LocalTrackPublication:
-        options = rtc.TrackPublishOptions(source=source)  # type: ignore[arg-type]
+    async def _publish(
+        self, track: rtc.LocalTrack, options: rtc.TrackPublishOptions
+    ) -> rtc.LocalTrackPublication:
         publication: rtc.LocalTrackPublication = await self._bridge.run(
             self.local_participant.publish_track, track, options
         )

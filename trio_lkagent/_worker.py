@@ -22,13 +22,14 @@ bookkeeping is delegated to the pure :class:`~._jobstate.JobStateMachine`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -36,15 +37,28 @@ import trio_websocket
 from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 
-from ._exceptions import AuthenticationError, ConnectError, LKAgentError, ProtocolError
+from ._exceptions import (
+    AuthenticationError,
+    ConnectError,
+    JobTimeoutError,
+    LKAgentError,
+    ProtocolError,
+    RecoveryFailedError,
+    ShutdownTimeoutError,
+    WorkerNotConnectedError,
+)
 from ._job import AcceptInfo, JobContext, JobRequest
-from ._jobstate import Decline, InvalidTransition, JobStateMachine, Outcome
+from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._logratelimit import LogLimiter
 from ._options import WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
 from ._wsconn import SocketLost, WorkerSocket, open_worker_socket
+from .resilience._runtime import WorkerResilience
+
+if TYPE_CHECKING:
+    from .resilience import ResourceMonitor, ResourceSample
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
@@ -80,12 +94,47 @@ class WorkerStatistics:
     jobs: dict[str, str]
     #: Room events dropped for slow consumers in the jobs' rooms (``ctx.connect``).
     room_events_dropped: int = 0
+    # -- issue 9 --
+    #: Set when the last drain reached ``drain_timeout`` with jobs still running
+    #: (they were cancelled); ``drain(strict=True)`` makes ``serve`` raise it.
+    drain_error: ShutdownTimeoutError | None = None
+
+    # -- resilience (trio_lkagent.resilience) ---------------------------------------
+    #: ``time.time()`` when ``serve`` started (None before).
+    start_time: float | None = None
+    #: Seconds since ``serve`` started.
+    uptime: float = 0.0
+    #: ``time.time()`` of the last job assignment (None before the first).
+    last_job_time: float | None = None
+    #: CPU of the worker's process tree, percent of one core (latest sample).
+    cpu_percent: float = 0.0
+    #: Resident memory of the worker's process tree, MB (latest sample).
+    memory_mb: float = 0.0
+    #: Bytes received from / sent to the agent service WebSocket (message payloads).
+    network_bytes_in: int = 0
+    network_bytes_out: int = 0
+    #: The last reported loads, oldest first (at most 60).
+    load_history: tuple[float, ...] = ()
+    #: ``"connected"``, ``"connecting"`` or ``"stopped"``.
+    connection_state: str = "connecting"
+    #: ``time.time()`` of the last message from the server.
+    last_heartbeat: float | None = None
+    #: Why the worker declines jobs although it has capacity (a resource limit); None if not.
+    full_reason: str | None = None
+    #: The latest CPU/memory sample (None before the first).
+    resources: ResourceSample | None = None
+    #: Job entrypoints re-run by the recovery policy.
+    job_retries: int = 0
+    #: Recovery decisions taken, by action (``"retry"``, ``"backoff"``, ...).
+    recovery_decisions: dict[str, int] = attrs.field(factory=dict)
+
+    # -- issue 10 --
     #: Jobs reported failed because they ignored cancellation, whose tasks still
     #: run (the worker is unhealthy while there are any).
     stuck_jobs: int = 0
 
 
-#: The session ended and the worker should reconnect.
+#: The session ended and the worker should reconnect (a ConnectionLostError).
 _ConnectionLost = SocketLost
 
 
@@ -152,12 +201,16 @@ class Worker:
         self._cancel_new_jobs = False
         self._wake_writer = trio.Event()
         self._wake_expiry = trio.Event()
+        self._outbox_progress = trio.Event()
         self._last_status: tuple[int, float, int] | None = None
         self._pings: dict[int, float] = {}
         self._ping_rtt: float | None = None
         self._reconnects = 0
         self._started = self._succeeded = self._failed = self._declined = 0
         self._room_events_dropped = 0
+        self._resilience = WorkerResilience(self)
+        self._drain_error: ShutdownTimeoutError | None = None
+        self._strict_drain = False
 
     # -- public API ------------------------------------------------------------
 
@@ -199,10 +252,20 @@ class Worker:
             jobs=dict(self._job_rooms),
             room_events_dropped=self._room_events_dropped
             + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
+            drain_error=self._drain_error,
+            **self._resilience.statistics_fields(),
             stuck_jobs=len(self._abandoned),
         )
 
-    def drain(self) -> None:
+    @property
+    def resource_monitor(self) -> ResourceMonitor:
+        """This worker's :class:`~trio_lkagent.resilience.ResourceMonitor`.
+
+        Fed by the worker's own sampler every ``load_interval`` while serving.
+        """
+        return self._resilience.monitor
+
+    def drain(self, *, strict: bool = False) -> None:
         """Stop taking jobs and let ``serve`` return once running jobs are done.
 
         The worker reports WS_FULL, declines new requests (and those whose
@@ -210,8 +273,15 @@ class Worker:
         ``drain_timeout``, cancels the rest, reports their final statuses,
         closes the WebSocket with code 1000 and returns from ``serve``.
         Idempotent; a no-op when not serving.
+
+        Args:
+            strict: If ``drain_timeout`` passes with jobs still running, ``serve``
+                raises :class:`ShutdownTimeoutError` (after the same clean
+                shutdown) instead of returning. Either way the error is logged
+                and kept in ``statistics().drain_error``.
         """
         if self._serving:
+            self._strict_drain = self._strict_drain or strict
             self._drain_requested.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -223,8 +293,11 @@ class Worker:
 
         Raises:
             AuthenticationError: the server refused the credentials (no retry).
-            ConnectError: ``ReconnectPolicy.max_attempts`` connection attempts in
-                a row failed.
+            RecoveryFailedError: ``ReconnectPolicy.max_attempts`` connection
+                attempts in a row failed (a :class:`ConnectError`; its
+                ``__cause__`` is the last failure, e.g. :class:`ConnectionLostError`).
+            ShutdownTimeoutError: ``drain(strict=True)`` was called and
+                ``drain_timeout`` passed with jobs still running.
             RuntimeError: ``serve`` is already running on this worker.
 
         Cancellation:
@@ -241,6 +314,7 @@ class Worker:
         log_token = bind_worker(self)
         try:
             async with trio.open_nursery() as root:
+                root.start_soon(self._resilience.run, self._jobs_closed)
                 try:
                     async with trio.open_nursery() as jobs:
                         self._jobs_nursery = jobs
@@ -258,6 +332,8 @@ class Worker:
                         self._jobs_closed.set()
                 finally:
                     self._jobs_closed.set()
+            if self._strict_drain and self._drain_error is not None:
+                raise self._drain_error
         except BaseExceptionGroup as group:
             _raise_collapsed(group)
         finally:
@@ -280,11 +356,11 @@ class Worker:
         with trio.move_on_after(opts.drain_timeout) as waited:
             await self._wait_idle()
         if waited.cancelled_caught:
-            logger.warning(
-                "drain timeout (%.0f s) reached: cancelling %d job(s)",
-                opts.drain_timeout,
-                len(self._jobs),
+            self._drain_error = ShutdownTimeoutError(
+                f"drain timeout ({opts.drain_timeout:g} s) reached with"
+                f" {len(self._jobs)} job(s) still running: cancelled"
             )
+            logger.warning("%s", self._drain_error)
             self._cancel_new_jobs = True  # a late assignment ends at once
             for ctx in list(self._jobs.values()):
                 ctx.shutdown("worker drain timeout")
@@ -303,6 +379,7 @@ class Worker:
         policy = self._options.reconnect
         failures = 0
         started = False
+        last: BaseException | None = None
         while not self._jobs_closed.is_set():
             registered_at: float | None = None
 
@@ -323,14 +400,15 @@ class Worker:
             except AuthenticationError:
                 raise
             except (_ConnectionLost, ConnectError, ProtocolError) as exc:
-                reason = str(exc)
+                reason, last = str(exc), exc
             except (
                 trio_websocket.HandshakeError,
                 trio_websocket.ConnectionClosed,
                 trio.BrokenResourceError,
                 OSError,
             ) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason, last = f"{type(exc).__name__}: {exc}", exc
+            self._resilience.connection_lost(reason)  # recovery: TERMINATE drains
             stable = registered_at is not None and (
                 trio.current_time() - registered_at >= policy.stable_after
             )
@@ -338,10 +416,10 @@ class Worker:
                 failures = 0
             failures += 1
             if policy.max_attempts is not None and failures >= policy.max_attempts:
-                raise ConnectError(
+                raise RecoveryFailedError(
                     f"giving up after {failures} failed connection attempt(s) to"
                     f" {self._options.agent_ws_url}: {reason}"
-                )
+                ) from last
             delay = policy.delay(failures, self._rng)
             logger.warning(
                 "connection to the agent service lost (%s); retry in %.2f s", reason, delay
@@ -437,6 +515,7 @@ class Worker:
             finally:
                 self._ws = None
                 self._answers.clear()
+                self._outbox_moved()
                 for job_id in self._state.connection_lost():
                     logger.debug("reservation for job %s released: connection lost", job_id)
                     self._released(job_id, "connection lost")
@@ -499,6 +578,7 @@ class Worker:
     async def _receive(self, ws: WorkerSocket) -> agent_pb.ServerMessage | None:
         """Next server message; None for a frame that could not be decoded (logged)."""
         data = await ws.get_message()  # SocketLost when closed
+        self._resilience.received(len(data))
         try:
             message, _fmt = decode(data, agent_pb.ServerMessage)
         except ProtocolError as exc:
@@ -514,7 +594,9 @@ class Worker:
         """Send within ``send_timeout``; raises SocketLost (reconnect) otherwise."""
         if self._options.websocket_debug:
             ws_logger.debug("-> %s", _redacted(message))
-        await ws.send(encode(message, self._options.wire_format))
+        data = encode(message, self._options.wire_format)
+        self._resilience.sent(len(data))
+        await ws.send(data)
 
     # -- the reader: dispatching server messages ---------------------------------
 
@@ -565,6 +647,18 @@ class Worker:
         decline = self._state.request(job.id, trio.current_time())
         if decline is not Decline.DUPLICATE:
             self._observe(lambda o: o.job_requested(job))
+        refusal = None if decline not in (None, Decline.FULL) else self._resilience.refusal(job)
+        if refusal is not None:  # resilience: a resource limit, the load calculator
+            if decline is None:
+                self._state.rejected(job.id)
+            self._declined += 1
+            self._observe(lambda o: o.job_answered(job.id, False, refusal))
+            self._peer_log.log(
+                "decline: refusal", logging.INFO, "declining job %s: %s", job.id, refusal
+            )
+            self._queue_availability(job.id, None)
+            self._notify()
+            return
         if decline is not None:
             self._declined += 1
             if decline is not Decline.DUPLICATE:
@@ -611,7 +705,8 @@ class Worker:
                 )
             logger.warning("request handler for job %s: %s; rejecting", job.id, why)
             request._answered = True
-            self._answer_nowait(job, None)
+            with contextlib.suppress(WorkerNotConnectedError):
+                self._answer_nowait(job, None)
 
     async def _answer(
         self, job: agent_pb.Job, accept: AcceptInfo | None, *, terminate: bool = False
@@ -644,7 +739,10 @@ class Worker:
             lambda o: o.job_answered(job.id, accept is not None, "" if accept else "rejected")
         )
         if self._ws is None:
-            return  # the server forgot the request with the connection
+            # The server forgot the request with the connection: nothing to send.
+            raise WorkerNotConnectedError(
+                f"cannot answer job {job.id}: the connection it was offered on is gone"
+            )
         if accept is not None:
             self._accepted[job.id] = accept
         self._queue_availability(job.id, accept, terminate=terminate)
@@ -685,12 +783,17 @@ class Worker:
             worker_id=self._worker_id or "",
             accept=accept,
         )
+        timeout = accept.timeout if accept.timeout is not None else self._options.job_timeout
+        if timeout is not None:  # the job's deadline (issue 9): see _run_job
+            ctx.cancel_scope.deadline = trio.current_time() + timeout
+            ctx._timeout = timeout
         self._jobs[job.id] = ctx
         self._job_rooms[job.id] = job.room.name
         if self._cancel_new_jobs:
             ctx.shutdown("worker drain timeout")
             self._arm_watchdog(job.id)
         self._started += 1
+        self._resilience.job_assigned()
         self._jobs_nursery.start_soon(self._run_job, ctx, name=f"job {job.id}")
         self._notify()
 
@@ -722,40 +825,80 @@ class Worker:
         bind_job(job_id, ctx.room_name, ctx.worker_id)
         self._observe(lambda o: o.job_started(ctx))
         try:
-            with ctx.cancel_scope:
+            # Teardown order (issue 9): the job's rooms live in this nursery,
+            # outside its cancel scope, and are left only after the final status
+            # is on the wire (_report_final): the server fails a running job whose
+            # agent leaves the room first. Keep new job-runner steps inside it.
+            async with trio.open_nursery() as rooms:
+                ctx._rooms = rooms
                 try:
-                    await self._entrypoint(ctx)
-                    outcome = Outcome.RETURNED
-                except BaseException as exc:
-                    failure = _without_cancelled(exc)
-                    if failure is None or not isinstance(failure, Exception):
-                        raise
-                    # Cancellation is level-triggered: an outer one that arrived
-                    # with this failure is raised again at the next checkpoint.
-                    outcome, error = Outcome.FAILED, _describe(failure)
-                    logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
-                        "job %s failed: %s", job_id, error, exc_info=failure
-                    )
-            await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                    with ctx.cancel_scope:
+                        try:
+                            await self._resilience.run_entrypoint(self._entrypoint, ctx)
+                            outcome = Outcome.RETURNED
+                        except BaseException as exc:
+                            failure = _without_cancelled(exc)
+                            if failure is None or not isinstance(failure, Exception):
+                                raise
+                            # Cancellation is level-triggered: an outer one that arrived
+                            # with this failure is raised again at the next checkpoint.
+                            outcome, error = Outcome.FAILED, _describe(failure)
+                            logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
+                                "job %s failed: %s", job_id, error, exc_info=failure
+                            )
+                    if outcome is Outcome.CANCELLED and ctx._timed_out():
+                        timed_out = JobTimeoutError(f"job timed out after {ctx._timeout:g} s")
+                        outcome, error = Outcome.FAILED, str(timed_out)
+                        ctx._shutdown_reason = ctx._shutdown_reason or error
+                        logger.error("job %s failed: %s", job_id, error)
+                    await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                finally:
+                    del self._jobs[job_id]
+                    del self._job_rooms[job_id]
+                    self._room_events_dropped += ctx._events_dropped
+                    update = self._finish(job_id, outcome, error)  # issue-10: None if abandoned
+                    self._notify()
+                    if update is not None:
+                        await self._report_final(update)
+                    ctx._leave()
         finally:
-            del self._jobs[job_id]
-            del self._job_rooms[job_id]
-            self._room_events_dropped += ctx._events_dropped
-            self._finish(job_id, outcome, error)  # issue-10: no-op if reported abandoned
-            self._notify()
             self._observe(lambda o: o.job_ended(ctx, outcome.value, error))
 
-    def _finish(self, job_id: str, outcome: Outcome, error: str) -> None:
+    async def _report_final(self, update: JobUpdate) -> None:
+        """Wait until the job's final *update* is sent, before its room is left.
+
+        Shielded (the job may be ending by cancellation) and bounded by
+        ``shutdown_grace``. Returns at once when the socket is down (the update
+        stays queued and goes out after the next registration; the room is
+        still left now) or when ``serve`` itself is being cancelled (the session
+        sends it while closing the socket, after the jobs are gone).
+        """
+        if trio.current_effective_deadline() == -math.inf:
+            return  # serve() is being cancelled: the writer is going away too
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._options.shutdown_grace
+            while self._ws is not None and self._state.is_pending(update):
+                progress = self._outbox_progress
+                await progress.wait()
+        if scope.cancelled_caught:
+            logger.warning(
+                "job %s: final status not sent within %.1f s; leaving the room anyway",
+                update.job_id,
+                self._options.shutdown_grace,
+            )
+
+    def _finish(self, job_id: str, outcome: Outcome, error: str) -> JobUpdate | None:
         """Record a job's end (its final status) unless the watchdog already did."""
         if job_id in self._abandoned:
             self._abandoned.discard(job_id)
             logger.warning("job %s, reported failed for ignoring cancellation, ended", job_id)
-            return
-        self._state.finish(job_id, outcome, error)
+            return None
+        update = self._state.finish(job_id, outcome, error)
         if outcome is Outcome.FAILED:
             self._failed += 1
         else:
             self._succeeded += 1
+        return update
 
     # -- jobs that ignore cancellation (issue-10) ----------------------------------------
     #
@@ -829,13 +972,22 @@ class Worker:
 
     # -- observers --------------------------------------------------------------------
 
-    def _add_observer(self, observer: WorkerObserver) -> None:
-        """Report job lifecycle points to *observer* too (metrics, tracing)."""
+    def add_observer(self, observer: WorkerObserver) -> None:
+        """Report job lifecycle points to *observer* too (metrics, tracing).
+
+        *observer* is a :class:`~trio_lkagent.WorkerObserver` (subclass it and
+        override the points you need); its methods are called synchronously
+        and must not block. An observer that raises is logged and ignored.
+        """
         self._observers.append(observer)
 
-    def _remove_observer(self, observer: WorkerObserver) -> None:
+    def remove_observer(self, observer: WorkerObserver) -> None:
+        """Stop reporting to *observer* (no-op if it was not added)."""
         if observer in self._observers:
             self._observers.remove(observer)
+
+    _add_observer = add_observer  # the former private names, kept for callers
+    _remove_observer = remove_observer
 
     def _observe(self, call: Callable[[WorkerObserver], None]) -> None:
         for observer in self._observers:
@@ -880,7 +1032,13 @@ class Worker:
             while (update := state.peek_update()) is not None:
                 await self._send(ws, agent_pb.WorkerMessage(update_job=update.to_proto()))
                 state.pop_update()
+                self._outbox_moved()
             await self._send_status(ws)
+
+    def _outbox_moved(self) -> None:
+        """An update was sent, or the socket went away: wake ``_report_final``."""
+        self._outbox_progress.set()
+        self._outbox_progress = trio.Event()
 
     async def _send_status(self, ws: WorkerSocket, *, force: bool = False) -> None:
         state = self._state
@@ -929,11 +1087,7 @@ class Worker:
     async def _load_sampler(self) -> None:
         opts = self._options
         while True:
-            if opts.load_fn is not None:
-                try:
-                    self._state.set_load(float(opts.load_fn(self.statistics())))
-                except Exception:
-                    logger.exception("load_fn failed; keeping the previous load")
+            self._resilience.update_load()  # load_fn / load_calculator, load history
             self._last_status = None  # periodic report even when unchanged
             self._notify()
             await trio.sleep(opts.load_interval)
@@ -1000,7 +1154,7 @@ def _raise_collapsed(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     if rest is not None:
         leaves = _leaves(rest)
         if len(leaves) == 1 and isinstance(leaves[0], LKAgentError):
-            raise leaves[0] from None
+            raise leaves[0] from leaves[0].__cause__  # keep its cause (RecoveryFailedError)
     raise group
 
 

@@ -33,12 +33,14 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
+from ._exceptions import ConnectionLostError
+
 __all__ = ["ReaderHost", "SocketLost", "WorkerSocket", "open_worker_socket"]
 
 logger = logging.getLogger("trio_lkagent.worker")
 
 
-class SocketLost(Exception):
+class SocketLost(ConnectionLostError):
     """The connection to the agent service is gone (the worker reconnects)."""
 
 

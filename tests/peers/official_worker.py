@@ -11,7 +11,8 @@ PEER_EVENTS (a file that gets one line per event: ``start <job id> <room>
 job shuts down). A job whose metadata is ``wait`` (or whose room starts with
 ``idle-``) runs until the server terminates it; ``connect`` joins the room first
 (``ctx.connect()``, real WebRTC), sends ``hello from the official worker`` on
-topic ``official`` and then waits; others end at once.
+topic ``official`` and then waits; ``connect-shutdown`` joins and then ends its
+job itself (``ctx.shutdown("done")``); others end at once.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ async def entrypoint(ctx: agents.JobContext) -> None:
         _event(f"end {ctx.job.id} {reason or '-'}")
 
     ctx.add_shutdown_callback(on_shutdown)
-    if ctx.job.metadata == "connect":
+    if ctx.job.metadata in ("connect", "connect-shutdown"):
         await ctx.connect()
         _event(f"connected {ctx.job.id} {ctx.room.local_participant.identity}")
         await ctx.room.local_participant.publish_data(
             b"hello from the official worker", topic="official"
         )
-        await asyncio.Event().wait()
+        if ctx.job.metadata == "connect":
+            await asyncio.Event().wait()
     if ctx.job.metadata == "wait" or ctx.job.room.name.startswith("idle-"):
         await asyncio.Event().wait()
     ctx.shutdown("done")  # the official worker only ends a job on shutdown

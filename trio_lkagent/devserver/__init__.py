@@ -24,6 +24,7 @@ from ._server import JobEndedError as JobEndedError
 from ._server import open_devserver as open_devserver
 from ._server import serve_devserver as serve_devserver
 from ._state import Faults as Faults
+from ._tracksettings import TrackSettingsRecord as TrackSettingsRecord
 
 __all__ = [
     "DevServer",
@@ -35,6 +36,7 @@ __all__ = [
     "ServerRoom",
     "ServerWorker",
     "Termination",
+    "TrackSettingsRecord",
     "open_devserver",
     "serve_devserver",
 ]

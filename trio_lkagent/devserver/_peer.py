@@ -46,6 +46,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models as models_pb
 
+from ._pausable import PausableTrack
+
 __all__ = [
     "DataRecord",
     "MediaRoom",
@@ -260,6 +262,8 @@ class Peer:
         self.sid = sid
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._data = _DataOut()
+        #: Tracks sent to the client, by track sid (pausable by the subscriber).
+        self.tracks_out: dict[str, PausableTrack] = {}
         self._pending_candidates: list[RTCIceCandidate] = []
         self._outgoing: list[_Outgoing] = []
         self._mid_to_track: dict[str, str] = {}
@@ -317,12 +321,17 @@ class Peer:
 
     def send_track(self, source: MediaStreamTrack, track_sid: str, participant_sid: str) -> None:
         """Queue *source* (relayed) for the client; it is attached at the next offer."""
-        track = self.room.relay.subscribe(source)
+        track = self.tracks_out[track_sid] = PausableTrack(self.room.relay.subscribe(source))
         self._outgoing.append(_Outgoing(track, track_sid, participant_sid))
+
+    def set_paused(self, track_sid: str, paused: bool) -> bool:
+        """Pause or resume sending *track_sid* (``UpdateTrackSettings.disabled``)."""
+        return _set_paused(self.tracks_out, track_sid, paused)
 
     def stop_track(self, track_sid: str) -> None:
         """Stop sending *track_sid* to the client (its section stays, silent)."""
         self._outgoing = [o for o in self._outgoing if o.track_sid != track_sid]
+        self.tracks_out.pop(track_sid, None)
         for transceiver in self.pc.getTransceivers():
             sender = transceiver.sender
             if getattr(sender, "_track_id", None) == track_sid and sender.track is not None:
@@ -396,6 +405,8 @@ class SubscriberPeer:
         self.room = room
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._data = _DataOut()
+        #: Tracks sent to the client, by track sid (pausable by the subscriber).
+        self.tracks_out: dict[str, PausableTrack] = {}
         self._data.attach(RELIABLE_LABEL, self.pc.createDataChannel(RELIABLE_LABEL, ordered=True))
         self._data.attach(
             LOSSY_LABEL, self.pc.createDataChannel(LOSSY_LABEL, ordered=False, maxRetransmits=0)
@@ -409,7 +420,7 @@ class SubscriberPeer:
 
     def add_track(self, source: MediaStreamTrack, track_sid: str, participant_sid: str) -> None:
         """Send *source* (relayed) to the client, from the next offer on."""
-        track = self.room.relay.subscribe(source)
+        track = self.tracks_out[track_sid] = PausableTrack(self.room.relay.subscribe(source))
         transceiver = next(
             (
                 t
@@ -427,12 +438,17 @@ class SubscriberPeer:
         transceiver.sender._track_id = track_sid
         self._senders[track_sid] = transceiver
 
+    def set_paused(self, track_sid: str, paused: bool) -> bool:
+        """Pause or resume sending *track_sid* (``UpdateTrackSettings.disabled``)."""
+        return _set_paused(self.tracks_out, track_sid, paused)
+
     def remove_track(self, track_sid: str) -> bool:
         """Stop sending *track_sid*; its section goes inactive at the next offer.
 
         Returns:
             Whether it was being sent.
         """
+        self.tracks_out.pop(track_sid, None)
         transceiver = self._senders.pop(track_sid, None)
         if transceiver is None:
             return False
@@ -469,3 +485,12 @@ class SubscriberPeer:
     async def close(self) -> None:
         """Close the connection (idempotent)."""
         await self.pc.close()
+
+
+def _set_paused(tracks: dict[str, PausableTrack], track_sid: str, paused: bool) -> bool:
+    track = tracks.get(track_sid)
+    if track is None or track.readyState == "ended":
+        tracks.pop(track_sid, None)
+        return False
+    track.paused = paused
+    return True

@@ -30,6 +30,7 @@ from ._rooms import RoomRegistry, ServerRoom
 from ._roomservice import server_api
 from ._signal import RtcService, apply_participant_update
 from ._state import Changes, Counters, Faults
+from ._tracksettings import TrackSettingsRecord
 from ._twirp import TwirpServer
 
 __all__ = [
@@ -702,6 +703,27 @@ class DevServer:
         """The data packets relayed in *room* (participants' and ``SendData``),
         oldest first; at most the last 10 000."""
         return self._rtc.data_log(room)
+
+    def track_settings(self, room: str) -> list[TrackSettingsRecord]:
+        """The ``UpdateTrackSettings`` subscribers in *room* sent (dimensions, layer,
+        pause), one record per track, oldest first; at most the last 1000. ``disabled``
+        is honoured (the track is paused); layer and dimensions are only recorded:
+        the dev server relays a single layer."""
+        return self._rtc.track_settings.get(room)
+
+    async def wait_for_track_settings(
+        self, room: str, predicate: Callable[[TrackSettingsRecord], bool]
+    ) -> TrackSettingsRecord:
+        """Wait for a track-settings request in *room* matching *predicate*; return it.
+
+        Requests recorded before the call count too (the newest match is returned).
+        """
+
+        def found() -> TrackSettingsRecord | None:
+            matching = [r for r in self._rtc.track_settings.get(room) if predicate(r)]
+            return matching[-1] if matching else None
+
+        return await self._rtc.track_settings.wait_for(found)
 
     def _participant(self, room: str, identity: str) -> models_pb.ParticipantInfo:
         server_room = self._rooms.rooms.get(room)

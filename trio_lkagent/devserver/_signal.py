@@ -47,6 +47,7 @@ from ._auth import ERR_PERMISSION_DENIED, AuthFailure, Grants
 from ._ids import new_guid
 from ._peer import DataRecord, MediaRoom, Peer, SubscriberPeer, restrict_ice_to_loopback
 from ._rooms import RoomRegistry
+from ._tracksettings import TrackSettingsLog
 from ._transport import WebSocketTransport
 
 __all__ = ["RTC_V0_PATH", "RTC_V1_PATH", "RtcService", "parse_join_request"]
@@ -292,6 +293,8 @@ class RtcService:
         self._bridge_lock = trio.Lock()
         self._rooms: dict[str, _RtcRoom] = {}
         self._sessions: set[_Session] = set()
+        #: Subscribers' ``UpdateTrackSettings``, recorded (``disabled`` is honoured).
+        self.track_settings = TrackSettingsLog()
 
     # -- lifetime ----------------------------------------------------------------
 
@@ -594,6 +597,8 @@ class RtcService:
             self._on_update_metadata(session, request.update_metadata)
         elif which == "subscription":
             self._on_subscription(session, request.subscription)
+        elif which == "track_setting":
+            await self._on_track_setting(session, request.track_setting)
         elif which == "leave":
             return False
         return True
@@ -610,6 +615,9 @@ class RtcService:
             height=add.height,
             mime_type="audio/opus" if audio else "video/vp8",
             stream=add.stream,
+            disable_dtx=add.disable_dtx,
+            disable_red=add.disable_red,
+            stereo=add.stereo,
         )
         session.pending[add.cid] = info
         session.send(
@@ -685,6 +693,15 @@ class RtcService:
                 session.subscribe(publication)
             else:
                 session.unsubscribe(sid)
+
+    async def _on_track_setting(
+        self, session: _Session, settings: rtc_pb.UpdateTrackSettings
+    ) -> None:
+        """Record the settings; honour ``disabled`` (pause / resume the down-track)."""
+        self.track_settings.record(session.room.name, session.identity, settings)
+        peer = session.subscriber if session.subscriber is not None else session.peer
+        for sid in settings.track_sids:
+            await session.bridge.call(peer.set_paused, sid, settings.disabled)
 
     def _on_mute(self, session: _Session, mute: rtc_pb.MuteTrackRequest) -> None:
         if self._set_muted(session, mute.sid, mute.muted):
