@@ -255,8 +255,9 @@ async def test_socket_down_at_the_end_still_leaves_the_room(server: DevServer) -
             assert not worker.statistics().registered  # it left while the socket was down
             server.faults.reject_upgrade_status = None
             await server.wait_until(
-                lambda: [u for _, u in job.ignored_updates if u.status == agent_pb.JS_SUCCESS]
-                or None
+                lambda: (
+                    [u for _, u in job.ignored_updates if u.status == agent_pb.JS_SUCCESS] or None
+                )
             )
     assert job.status == agent_pb.JS_RUNNING  # Go keeps the last state
     assert worker.statistics().jobs_succeeded == 1
