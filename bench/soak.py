@@ -87,9 +87,10 @@ async def soak(args: argparse.Namespace) -> None:
             api_secret="soak-secret-0123456789abcdef0123",
             agent_name=AGENT,
             max_jobs=args.concurrency,
-            # Drops come every few seconds: a connection counts as stable after 2 s
-            # (default 30 s), or the backoff would keep the worker offline.
-            reconnect=ReconnectPolicy(stable_after=2.0),
+            # A drop comes every third fault: a connection counts as stable after one
+            # fault period (default 30 s), or the growing backoff (up to 30 s) would
+            # keep the worker offline most of the run.
+            reconnect=ReconnectPolicy(stable_after=args.fault_every),
         )
         worker = Worker(entrypoint, options)
         over_capacity = 0
@@ -148,16 +149,13 @@ async def soak(args: argparse.Namespace) -> None:
             deadline = trio.current_time() + args.max_seconds
             for n in range(args.jobs):
                 # A client dispatches while the worker is there and has room
-                # (requests in flight count against it too).
+                # (requests the server has not resolved yet count against it too).
                 while True:
                     s = worker.statistics()
-                    not_placed = sum(
-                        1
-                        for j in server.jobs.values()
-                        if j.job.state.reason == agent_pb.JSR_NO_CAPACITY
+                    unresolved = sum(
+                        1 for j in server.jobs.values() if not j.launched and not j.ended
                     )
-                    pending = n - s.jobs_started - not_placed
-                    if s.registered and pending + s.running_jobs < args.concurrency:
+                    if s.registered and s.running_jobs + unresolved < args.concurrency:
                         break
                     await trio.sleep(0.005)
                 room = f"soak-{n}"
