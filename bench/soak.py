@@ -155,7 +155,8 @@ async def soak(args: argparse.Namespace) -> None:
                     unresolved = sum(
                         1 for j in server.jobs.values() if not j.launched and not j.ended
                     )
-                    if s.registered and s.running_jobs + unresolved < args.concurrency:
+                    busy = s.running_jobs + s.reserved_jobs + unresolved  # (overlaps: cautious)
+                    if s.registered and busy < args.concurrency:
                         break
                     await trio.sleep(0.005)
                 room = f"soak-{n}"
