@@ -3,17 +3,20 @@
 Try it with nothing else installed (the local server, the worker and a simulated
 participant who plays a tone and says hello, all in one process)::
 
-    trio-lkagent dev examples/echo_agent.py --duration 10
+    python examples/echo_agent.py dev --duration 10
+
+(the same as ``trio-lkagent dev examples/echo_agent.py --duration 10``).
 
 Against a real LiveKit server::
 
     LIVEKIT_URL=wss://... LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... \\
-        trio-lkagent start examples/echo_agent.py --agent-name echo
+        python examples/echo_agent.py start --agent-name echo
 
 What it does in the room, per job:
 
 - every data message is sent back to its sender as ``echo: <message>`` (topic ``echo``);
-- every participant's microphone is played back on one ``echo`` audio track;
+- every participant's microphone is played back on an audio track of its own,
+  ``echo-<identity>``;
 - once a second, each participant gets the level of their audio (topic ``level``);
 - when the last participant leaves, the job ends (successfully).
 
@@ -30,7 +33,7 @@ import numpy as np
 import trio
 from livekit import rtc
 
-from trio_lkagent import AudioOutput, JobContext, Room, open_audio_stream
+from trio_lkagent import JobContext, Room, open_audio_stream, run_app
 from trio_lkagent.events import DataReceived, ParticipantDisconnected, TrackSubscribed
 
 logger = logging.getLogger("echo_agent")
@@ -44,10 +47,14 @@ def dbfs(samples: np.ndarray) -> float:
     return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
 
 
-async def echo_audio(room: Room, track: rtc.RemoteTrack, who: str, out: AudioOutput) -> None:
-    """Play *who*'s audio back on *out* and report its level to them every second."""
+async def echo_audio(room: Room, track: rtc.RemoteTrack, who: str) -> None:
+    """Play *who*'s audio back on a track of its own and report its level to them
+    every second. (One output per speaker: an output has one writer at a time.)"""
     second: list[np.ndarray] = []
-    async with open_audio_stream(track, sample_rate=RATE) as frames:
+    async with (
+        room.publish_audio(sample_rate=RATE, name=f"echo-{who}") as out,
+        open_audio_stream(track, sample_rate=RATE) as frames,
+    ):
         async for frame in frames:
             await out.write(frame.samples)
             second.append(frame.samples.copy())
@@ -64,10 +71,7 @@ async def entrypoint(ctx: JobContext) -> None:
     async with ctx.connect() as room:
         events = room.events()  # subscribe before looking at who is there
         logger.info("joined room %s as %s", room.name, ctx.identity)
-        async with (
-            room.publish_audio(sample_rate=RATE, name="echo") as out,
-            trio.open_nursery() as nursery,
-        ):
+        async with trio.open_nursery() as nursery:
             async for event in events:
                 match event:
                     case DataReceived(identity=who, payload=payload) if who:
@@ -78,10 +82,14 @@ async def entrypoint(ctx: JobContext) -> None:
                     case TrackSubscribed(identity=who, rtc_track=track) if (
                         track.kind == rtc.TrackKind.KIND_AUDIO
                     ):
-                        nursery.start_soon(echo_audio, room, track, who, out)
+                        nursery.start_soon(echo_audio, room, track, who)
                     case ParticipantDisconnected() if not room.remote_participants:
                         logger.info("everyone left: ending the job")
                         nursery.cancel_scope.cancel()
                         break
                     case _:
                         pass
+
+
+if __name__ == "__main__":
+    run_app(entrypoint)

@@ -288,7 +288,7 @@ async def test_dev_runs_the_echo_example_and_exits_after_duration(tmp_path: Path
 
 async def test_dev_stops_cleanly_on_ctrl_c_after_the_agent_answered(tmp_path: Path) -> None:
     async with run_cli(["dev", ECHO, "--room", "ctrl-c"], clean_env(), tmp_path) as cli:
-        await cli.expect(r"^agent-AJ_\w+ published track 'echo' \(audio\)$")
+        await cli.expect(r"^agent-AJ_\w+ published track 'echo-dev-user' \(audio\)$")
         await cli.expect(r"^agent-AJ_\w+ -> dev-user \[echo\]: echo: ")
         cli.process.send_signal(signal.SIGINT)
         await cli.expect(r"^SIGINT: ending the session")

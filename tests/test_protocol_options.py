@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import random
+import re
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from livekit.protocol import agent as agent_pb
 
-from trio_lkagent import ConfigurationError, JobType, ReconnectPolicy, WireFormat, WorkerOptions
+from trio_lkagent import (
+    ConfigurationError,
+    JobContext,
+    JobType,
+    ReconnectPolicy,
+    WireFormat,
+    Worker,
+    WorkerOptions,
+)
 from trio_lkagent._exceptions import ProtocolError
 from trio_lkagent._protocol import decode, encode
 
@@ -75,10 +85,7 @@ def test_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"url": ""}, "LIVEKIT_URL"),
         ({"url": "ftp://x"}, "url must look like"),
-        ({"api_key": ""}, "LIVEKIT_API_KEY"),
-        ({"api_secret": ""}, "LIVEKIT_API_SECRET"),
         ({"max_jobs": 0}, "max_jobs"),
         ({"load_threshold": -1}, "load_threshold"),
         ({"ping_interval": 0}, "ping_interval"),
@@ -95,6 +102,44 @@ def test_bad_options_name_the_setting(
     base.update(kwargs)
     with pytest.raises(ConfigurationError, match=message):
         WorkerOptions(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("url", "no server URL: pass WorkerOptions(url=...) or set LIVEKIT_URL"),
+        ("api_key", "no API key: pass WorkerOptions(api_key=...) or set LIVEKIT_API_KEY"),
+        ("api_secret", "no API secret: pass WorkerOptions(api_secret=...) or set"),
+    ],
+)
+async def test_missing_connection_settings_are_reported_when_serving_starts(
+    monkeypatch: pytest.MonkeyPatch, missing: str, message: str
+) -> None:
+    for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    base: dict[str, Any] = {"url": "ws://127.0.0.1:1", "api_key": "k", "api_secret": "s"}
+    del base[missing]
+    opts = WorkerOptions(agent_name="x", **base)  # building them is fine: import time
+    worker = Worker(_noop, opts)
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        await worker.serve()
+    # ... and the variable set by then is used (as `dev` and test fixtures do).
+    value = "ws://h:1" if missing == "url" else "v"
+    monkeypatch.setenv(f"LIVEKIT_{missing.upper()}", value)
+    assert getattr(opts.resolved(), missing) == value
+
+
+def test_with_options_copies_the_worker() -> None:
+    worker = Worker(_noop, WorkerOptions(url="ws://a:1", api_key="k", api_secret="s"))
+    other = worker.with_options(url="ws://b:2", max_jobs=3)
+    assert (other.options.url, other.options.max_jobs) == ("ws://b:2", 3)
+    assert worker.options.url == "ws://a:1" and other is not worker
+    with pytest.raises(ConfigurationError, match="max_jobs"):
+        worker.with_options(max_jobs=0)
+
+
+async def _noop(ctx: JobContext) -> None:
+    pass
 
 
 def test_backoff_grows_caps_and_jitters() -> None:

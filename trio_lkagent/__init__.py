@@ -14,6 +14,10 @@ The local LiveKit server lives in :mod:`trio_lkagent.devserver`; the
 runs workers as services (``docs/cli.md``).
 """
 
+# -- loaded with the package: what a worker needs to register -----------------
+from typing import TYPE_CHECKING, Any
+
+from ._cli import run_app as run_app
 from ._config import ServiceConfig as ServiceConfig
 from ._config import load_config_from_env as load_config_from_env
 from ._config import validate_config as validate_config
@@ -39,31 +43,79 @@ from ._job import AcceptInfo as AcceptInfo
 from ._job import JobContext as JobContext
 from ._job import JobRequest as JobRequest
 from ._logging import JobLogFilter as JobLogFilter
-from ._media import AudioFrame as AudioFrame
-from ._media import AudioProcessor as AudioProcessor
-from ._media import VideoFormat as VideoFormat
-from ._media import VideoFrame as VideoFrame
 from ._options import JobType as JobType
 from ._options import Permissions as Permissions
 from ._options import ReconnectPolicy as ReconnectPolicy
 from ._options import WorkerOptions as WorkerOptions
 from ._protocol import WireFormat as WireFormat
-from ._room import AutoSubscribe as AutoSubscribe
-from ._room import ByteStream as ByteStream
-from ._room import Room as Room
-from ._room import RoomStatistics as RoomStatistics
-from ._room import TextStream as TextStream
-from ._room import open_room as open_room
 from ._telemetry import WorkerObserver as WorkerObserver
-from ._tracks import AudioOutput as AudioOutput
-from ._tracks import AudioReceiveStream as AudioReceiveStream
-from ._tracks import VideoOutput as VideoOutput
-from ._tracks import VideoReceiveStream as VideoReceiveStream
-from ._tracks import open_audio_output as open_audio_output
-from ._tracks import open_audio_stream as open_audio_stream
-from ._tracks import open_video_output as open_video_output
-from ._tracks import open_video_stream as open_video_stream
 from ._worker import Worker as Worker
 from ._worker import WorkerStatistics as WorkerStatistics
 
 __version__ = "0.1.0"
+
+# -- loaded on first use ---------------------------------------------------------
+# The room layer (livekit.rtc, numpy) and other heavy parts: each name below is
+# importable from ``trio_lkagent`` as usual, and its module is imported the
+# first time the name is looked up (``python -X importtime -c "import
+# trio_lkagent"`` shows what the package itself costs). To add a name: one line
+# in the ``TYPE_CHECKING`` block (for type checkers and IDEs) and one entry in
+# ``_LAZY`` (name -> private module).
+
+if TYPE_CHECKING:
+    from ._media import AudioFrame as AudioFrame
+    from ._media import AudioProcessor as AudioProcessor
+    from ._media import VideoFormat as VideoFormat
+    from ._media import VideoFrame as VideoFrame
+    from ._room import AutoSubscribe as AutoSubscribe
+    from ._room import ByteStream as ByteStream
+    from ._room import Room as Room
+    from ._room import RoomStatistics as RoomStatistics
+    from ._room import TextStream as TextStream
+    from ._room import open_room as open_room
+    from ._tracks import AudioOutput as AudioOutput
+    from ._tracks import AudioReceiveStream as AudioReceiveStream
+    from ._tracks import VideoOutput as VideoOutput
+    from ._tracks import VideoReceiveStream as VideoReceiveStream
+    from ._tracks import open_audio_output as open_audio_output
+    from ._tracks import open_audio_stream as open_audio_stream
+    from ._tracks import open_video_output as open_video_output
+    from ._tracks import open_video_stream as open_video_stream
+    from .resources import ResourcePool as ResourcePool
+
+_LAZY: dict[str, str] = {
+    "AudioFrame": "._media",
+    "AudioProcessor": "._media",
+    "VideoFormat": "._media",
+    "VideoFrame": "._media",
+    "AutoSubscribe": "._room",
+    "ByteStream": "._room",
+    "Room": "._room",
+    "RoomStatistics": "._room",
+    "TextStream": "._room",
+    "open_room": "._room",
+    "AudioOutput": "._tracks",
+    "AudioReceiveStream": "._tracks",
+    "VideoOutput": "._tracks",
+    "VideoReceiveStream": "._tracks",
+    "open_audio_output": "._tracks",
+    "open_audio_stream": "._tracks",
+    "open_video_output": "._tracks",
+    "open_video_stream": "._tracks",
+    "ResourcePool": ".resources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

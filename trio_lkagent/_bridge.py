@@ -6,7 +6,9 @@ dev server's aiortc peer connections) is built and used on a single asyncio loop
 runs in its own thread, shared by everything in one ``trio.run``:
 
 * :func:`open_bridge` gives Trio code access to that loop; the thread starts with
-  the first user and is stopped and joined when the last one leaves.
+  the first user and is stopped and joined when the last one leaves. anyio owns
+  the thread and the loop's life (``anyio.from_thread.start_blocking_portal``
+  starts, runs and joins them); the bridge adds its ordered shutdown on top.
 * :meth:`AsyncioBridge.run` / :meth:`AsyncioBridge.call` run code on the loop and
   wait for its result from Trio. A round trip is two cross-thread wake-ups: tens of
   µs on a fast idle host, a few hundred on a small VM (``bench/bench_bridge.py``).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import itertools
 import logging
 import sys
@@ -32,6 +35,7 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Final, Generic, NoReturn, Self, TypeVar, TypeVarTuple, final
 
+import anyio.from_thread
 import attrs
 import outcome
 import trio
@@ -80,7 +84,6 @@ _CLEANUP_TIMEOUT: Final = 3.0  # registered cleanups (room disconnects, stream c
 _LEFTOVER_TIMEOUT: Final = 2.0  # cancelled leftover asyncio tasks running their finally blocks
 _EXECUTOR_TIMEOUT: Final = 1.0  # the loop's default executor, if anything used it
 _STOP_TIMEOUT: Final = _CLEANUP_TIMEOUT + _LEFTOVER_TIMEOUT + _EXECUTOR_TIMEOUT + 2.0
-_JOIN_TIMEOUT: Final = 1.0  # the thread has signalled its last statement by then
 
 
 def map_native_error(exc: BaseException) -> BaseException:
@@ -201,16 +204,44 @@ class AsyncioBridge:
     otherwise.
     """
 
-    def __init__(self) -> None:
-        """Create the loop and start its thread. Private: use :func:`open_bridge`."""
+    def __init__(
+        self,
+        portal_cm: contextlib.AbstractContextManager[anyio.from_thread.BlockingPortal],
+        portal: anyio.from_thread.BlockingPortal,
+        loop: asyncio.AbstractEventLoop,
+        own_tasks: set[asyncio.Task[Any]],
+    ) -> None:
+        """Private: use :func:`open_bridge` (which starts it with :meth:`_start`)."""
         self._token = trio.lowlevel.current_trio_token()
-        self._loop = asyncio.SelectorEventLoop()
-        self._stopped = trio.Event()
+        self._portal_cm = portal_cm
+        self._portal = portal
+        self._loop = loop
+        #: The portal's own tasks, which the shutdown must not cancel.
+        self._own_tasks = own_tasks
         self._closing = False
         self._cleanups: dict[int, tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]] = {}
         self._cleanup_keys = itertools.count()
-        self._thread = threading.Thread(target=self._thread_main, name=_THREAD_NAME, daemon=True)
-        self._thread.start()
+
+    @classmethod
+    async def _start(cls) -> AsyncioBridge:
+        """Start the loop thread: an anyio blocking portal on the asyncio backend.
+
+        Entering the portal blocks until the thread's loop runs, so it is done
+        in a worker thread (a few ms, once per bridge).
+        """
+        portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
+
+        def enter() -> tuple[
+            anyio.from_thread.BlockingPortal, asyncio.AbstractEventLoop, set[asyncio.Task[Any]]
+        ]:
+            portal = portal_cm.__enter__()
+            portal.call(_name_thread)  # (``name=`` needs a recent anyio)
+            loop = portal.call(asyncio.get_running_loop)
+            own_tasks = portal.call(_other_tasks)
+            return portal, loop, own_tasks
+
+        portal, loop, own_tasks = await trio.to_thread.run_sync(enter)
+        return cls(portal_cm, portal, loop, own_tasks)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -344,25 +375,11 @@ class AsyncioBridge:
 
     # ----------------------------------------------------------------- lifetime
 
-    def _thread_main(self) -> None:  # asyncio thread
-        loop = self._loop
-        try:
-            loop.run_forever()  # until _aclose() queues loop.stop()
-            loop.run_until_complete(self._finalize())
-        except BaseException:
-            logger.exception("asyncio bridge loop crashed")
-        finally:
-            _detach_native_subscribers(loop)
-            loop.close()
-            try:
-                self._token.run_sync_soon(self._stopped.set)
-            except trio.RunFinishedError:
-                pass
-
-    async def _finalize(self) -> None:  # asyncio thread, after the loop was stopped
+    async def _finalize(self) -> None:  # asyncio thread, the portal's last call
         loop = self._loop
         this_task = asyncio.current_task()
         assert this_task is not None
+        spared = self._own_tasks | {this_task}
         cleanups = list(self._cleanups.values())
         self._cleanups.clear()
         try:
@@ -380,7 +397,7 @@ class AsyncioBridge:
             logger.warning("bridge cleanups did not finish within %.1f s", _CLEANUP_TIMEOUT)
         # Cancel what is left and let finally blocks run; they may spawn more tasks.
         for _ in range(3):
-            leftovers = [t for t in asyncio.all_tasks(loop) if t is not this_task]
+            leftovers = [t for t in asyncio.all_tasks(loop) if t not in spared]
             if not leftovers:
                 break
             for task in leftovers:
@@ -398,22 +415,34 @@ class AsyncioBridge:
                 await loop.shutdown_default_executor()
         except TimeoutError:
             logger.warning("the asyncio default executor did not shut down in time")
+        _detach_native_subscribers(loop)
+
+    def _stop(self) -> None:  # a Trio worker thread
+        """Finalize on the loop, then stop the portal (its loop closes) and join the thread."""
+        try:
+            self._portal.call(self._finalize)
+        except BaseException:
+            logger.exception("asyncio bridge loop crashed")
+        self._portal_cm.__exit__(None, None, None)
 
     async def _aclose(self) -> None:
         """Stop the loop in order and join the thread (shielded, bounded)."""
         self._closing = True
         with trio.CancelScope(shield=True):
-            try:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            except RuntimeError:  # the loop is closed already (it crashed)
-                pass
-            with trio.move_on_after(_STOP_TIMEOUT):
-                await self._stopped.wait()
-            if not self._stopped.is_set():
+            with trio.move_on_after(_STOP_TIMEOUT) as waited:
+                # Abandoned (left to finish as a daemon) only if it overruns.
+                await trio.to_thread.run_sync(self._stop, abandon_on_cancel=True)
+            if waited.cancelled_caught:
                 logger.warning("asyncio bridge thread did not stop within %.1f s", _STOP_TIMEOUT)
-                return
-            # The thread has run its last statement, so this returns at once.
-            self._thread.join(_JOIN_TIMEOUT)
+
+
+def _name_thread() -> None:  # asyncio thread
+    threading.current_thread().name = _THREAD_NAME
+
+
+def _other_tasks() -> set[asyncio.Task[Any]]:  # asyncio thread
+    """The tasks running now, except the caller (the portal's own, at start)."""
+    return asyncio.all_tasks() - {asyncio.current_task()}
 
 
 def _detach_native_subscribers(loop: asyncio.AbstractEventLoop) -> None:
@@ -439,10 +468,11 @@ def _detach_native_subscribers(loop: asyncio.AbstractEventLoop) -> None:
 
 @final
 class _Shared:
-    __slots__ = ("bridge", "users")
+    __slots__ = ("bridge", "ready", "users")
 
-    def __init__(self, bridge: AsyncioBridge) -> None:
-        self.bridge = bridge
+    def __init__(self) -> None:
+        self.bridge: AsyncioBridge | None = None
+        self.ready = trio.Event()  # set once the bridge started (or failed to)
         self.users = 0
 
 
@@ -474,17 +504,28 @@ async def open_bridge() -> AsyncIterator[AsyncioBridge]:
     await trio.lowlevel.checkpoint()
     shared = _SHARED.get()
     if shared is None:
-        shared = _Shared(AsyncioBridge())
-        _SHARED.set(shared)
+        shared = _Shared()
+        _SHARED.set(shared)  # concurrent users wait for this start
+        try:
+            shared.bridge = await AsyncioBridge._start()
+        finally:
+            if shared.bridge is None:
+                _SHARED.set(None)
+            shared.ready.set()
+    else:
+        await shared.ready.wait()
+    bridge = shared.bridge
+    if bridge is None:
+        raise trio.BrokenResourceError("the asyncio bridge failed to start")
     shared.users += 1
     try:
-        yield shared.bridge
+        yield bridge
     finally:
         shared.users -= 1
         if shared.users == 0:
             # A user arriving during the shutdown gets a fresh bridge.
             _SHARED.set(None)
-            await shared.bridge._aclose()
+            await bridge._aclose()
 
 
 # --------------------------------------------------------------------------- asyncio -> Trio

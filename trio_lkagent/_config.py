@@ -12,10 +12,12 @@ from the whole table.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -34,10 +36,37 @@ __all__ = [
     "validate_config",
 ]
 
+#: LiveKit's ``--dev`` key pair (the dev server's defaults). The secret is shorter
+#: than the 32 bytes PyJWT asks of HS256 keys, by convention: signing with it does
+#: not warn (:func:`dev_keys_quiet`).
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "secret"
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def dev_keys_quiet(secret: str) -> Iterator[None]:
+    """Silence PyJWT's ``InsecureKeyLengthWarning`` while signing with the dev
+    convention's secret (only that one: a short production key still warns).
+
+    Not thread-safe (``warnings.catch_warnings``): use it on the thread that signs.
+    """
+    if secret != DEV_API_SECRET:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The HMAC key is")
+        yield
+
+
+def ignore_dev_key_warnings() -> None:
+    """For a CLI process that signs with the dev secret on other threads too:
+    ignore PyJWT's key-length warning process-wide."""
+    warnings.filterwarnings("ignore", message="The HMAC key is")
 
 
 # -- value parsers: raise ValueError, the caller names the setting -----------------

@@ -25,8 +25,9 @@ import math
 import os
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import attrs
 import numpy as np
@@ -44,17 +45,19 @@ from ._events import (
     TrackPublished,
     TrackSubscribed,
 )
-from ._health import serve_health
+from ._exceptions import ConfigurationError
 from ._job import JobContext
 from ._options import JobType
-from ._room import AutoSubscribe, Room, open_room
-from ._service import Say, say
+from ._room import Room
+from ._service import Say, say, start_health
 from ._telemetry import WorkerObserver
 from ._tracks import open_audio_stream
 from ._worker import Worker
 from .devserver import DevServer, JobEndedError, open_devserver
+from .testing._kit import ParticipantFactory
+from .testing._scenario import DevScenario
 
-__all__ = ["DevSettings", "run_dev"]
+__all__ = ["DevSettings", "load_scenario", "run_dev", "run_with_reload"]
 
 IDENTITY = "dev-user"
 RATE = 48_000
@@ -72,8 +75,20 @@ class DevSettings:
     host: str = "127.0.0.1"
     port: int = 0
     room: str = "dev-room"
-    #: Seconds the participant stays once joined; None: until Ctrl-C.
+    #: Seconds the participants stay once joined; None: until every job ended or Ctrl-C.
     duration: float | None = None
+    #: "room", "publisher" or "participant": overrides the worker's job type.
+    job_type: str | None = None
+    #: Job metadata of the dispatch.
+    metadata: str = ""
+    #: Simulated participants of the built-in scenario.
+    participants: int = 1
+    #: A FILE.py defining ``async def scenario(dev)``, run instead of the built-in one.
+    scenario: str | None = None
+    #: Restart on file changes (handled by the parent process, see ``run_with_reload``).
+    reload: bool = False
+    #: An external LiveKit server instead of the embedded one.
+    url: str | None = None
 
 
 def _kind(kind: int) -> str:
@@ -87,7 +102,7 @@ def _level_dbfs(samples: np.ndarray) -> float:
     return 20 * math.log10(rms / 32768) if rms > 0 else -math.inf
 
 
-async def _hear(track: rtc.RemoteTrack, who: str, say: Say) -> None:
+async def _hear(track: rtc.RemoteTrack, who: str, say: Say, me: str = IDENTITY) -> None:
     """Report once how loud *who*'s audio track is: half a second of it from the
     moment sound starts, or that it stayed silent for its first 3 seconds."""
     frames: list[np.ndarray] = []
@@ -97,7 +112,7 @@ async def _hear(track: rtc.RemoteTrack, who: str, say: Say) -> None:
             if not frames and int(np.abs(frame.samples).max(initial=0)) < 64:
                 silent += 1
                 if silent == 300:
-                    say(f"dev-user hears only silence from {who} (3 s)")
+                    say(f"{me} hears only silence from {who} (3 s)")
                     return
                 continue
             frames.append(frame.samples.copy())
@@ -105,7 +120,7 @@ async def _hear(track: rtc.RemoteTrack, who: str, say: Say) -> None:
                 break
     if frames:
         level = _level_dbfs(np.concatenate(frames))
-        say(f"dev-user hears {who}'s audio at {level:.1f} dBFS")
+        say(f"{me} hears {who}'s audio at {level:.1f} dBFS")
 
 
 async def _report(
@@ -133,23 +148,26 @@ async def _report(
                 say(f"{who} published track {track.name!r} ({_kind(track.kind)})")
             case TrackSubscribed(identity=who, track=track, rtc_track=rtc_track):
                 if track.kind == rtc.TrackKind.KIND_AUDIO:
-                    nursery.start_soon(_hear, rtc_track, who, say)
+                    me = room.local_participant.identity
+                    nursery.start_soon(_hear, rtc_track, who, say, me)
             case DataReceived(identity=who, payload=payload, topic=topic):
                 text = payload.decode("utf-8", "replace")
-                say(f"{who or 'server'} -> dev-user [{topic or '-'}]: {text}")
+                me = room.local_participant.identity
+                say(f"{who or 'server'} -> {me} [{topic or '-'}]: {text}")
             case _:
                 pass
 
 
-async def _play_tone(room: Room, say: Say) -> None:
+async def _play_tone(room: Room, say: Say, hz: float = TONE_HZ) -> None:
     """Publish a microphone track playing a steady tone (real time, paced by the source)."""
     chunk = RATE // 10
     phase = 0
+    me = room.local_participant.identity
     async with room.publish_audio(sample_rate=RATE, name="tone") as out:
-        say(f"dev-user publishes a {TONE_HZ:g} Hz tone")
+        say(f"{me} publishes a {hz:g} Hz tone")
         while True:
             t = (np.arange(chunk) + phase) / RATE
-            await out.write((np.sin(2 * np.pi * TONE_HZ * t) * 8_000).astype(np.int16))
+            await out.write((np.sin(2 * np.pi * hz * t) * 8_000).astype(np.int16))
             phase += chunk
 
 
@@ -157,8 +175,9 @@ async def _chat(room: Room, say: Say) -> None:
     """Once an agent is in the room, send it a few data messages, one a second."""
     agent = await room.wait_for_participant(kind=_AGENT)
     await trio.sleep(0.5)  # let the agent's entrypoint subscribe to its room's events
+    me = room.local_participant.identity
     for text in MESSAGES:
-        say(f"dev-user -> {agent.identity} [chat]: {text}")
+        say(f"{me} -> {agent.identity} [chat]: {text}")
         await room.publish_data(text, topic="chat")
         await trio.sleep(1.0)
 
@@ -186,14 +205,84 @@ async def _unless(stop: trio.Event, fn: Callable[[], Awaitable[object]]) -> None
         nursery.cancel_scope.cancel()
 
 
+def _identities(count: int) -> list[str]:
+    return [IDENTITY] if count == 1 else [f"{IDENTITY}-{i}" for i in range(1, count + 1)]
+
+
+def load_scenario(path: str) -> Callable[[DevScenario], Awaitable[None]]:
+    """The ``scenario`` function of *path*.
+
+    Raises:
+        ConfigurationError: no such function, or a plain ``def``.
+    """
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("_trio_lkagent_scenario", path)
+    if spec is None or spec.loader is None:
+        raise ConfigurationError(f"--scenario {path!r}: cannot import it as Python")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ConfigurationError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None
+    fn = getattr(module, "scenario", None)
+    if fn is None:
+        raise ConfigurationError(f"--scenario {path!r} defines no `async def scenario(dev)`")
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(f"--scenario {path!r}: `scenario` must be `async def`")
+    return fn  # type: ignore[no-any-return]
+
+
+async def _builtin(room: Room, others: list[Room], say: Say, nursery: trio.Nursery) -> None:
+    """The built-in script: the first participant reports what it sees; every
+    participant plays a tone and sends a few messages."""
+    events = room.events()
+    nursery.start_soon(_report, room, events, say, nursery)
+    for index, each in enumerate([room, *others]):
+        nursery.start_soon(_play_tone, each, say, TONE_HZ * (1 + index * 0.25))
+        nursery.start_soon(_chat, each, say)
+
+
+async def _say_notes(server: DevServer, say: Say) -> None:
+    """Print the dev server's explanations of its dispatch decisions as they come."""
+    seen = 0
+    while True:
+        notes = await server.wait_until(
+            lambda: server.dispatch_notes[seen:] or None  # noqa: B023 - read at each change
+        )
+        for note in notes:
+            say(f"dev server: {note}")
+        seen += len(notes)
+
+
+async def _every_job_ended(server: DevServer, room: str) -> None:
+    """Return once the room has had jobs and all of them ended."""
+
+    def done() -> bool | None:
+        jobs = [j for j in server.jobs.values() if j.room_name == room]
+        return True if jobs and all(j.ended for j in jobs) else None
+
+    await server.wait_until(done)
+
+
 async def _session(
-    server: DevServer, worker: Worker, dev: DevSettings, stop: trio.Event, say: Say
+    server: DevServer,
+    worker: Worker,
+    dev: DevSettings,
+    stop: trio.Event,
+    say: Say,
+    scenario: Callable[[DevScenario], Awaitable[None]] | None = None,
 ) -> None:
-    """Create the room, join it, run the activity until *stop* or the duration, end the job."""
+    """Create the room, join it, run the activity until *stop*, the duration or
+    every job ended; end the jobs."""
     watcher = _JobWatcher()
     worker._add_observer(watcher)
     agent_name = worker.options.agent_name
-    agents = [dispatch_pb.RoomAgentDispatch(agent_name=agent_name)] if agent_name else None
+    if agent_name or dev.metadata:
+        agents = [dispatch_pb.RoomAgentDispatch(agent_name=agent_name, metadata=dev.metadata)]
+    else:
+        agents = None
     await server.create_room(dev.room, agents=agents)
     how = f"a dispatch for agent {agent_name!r}" if agent_name else "automatic dispatch"
     say(f"room {dev.room!r} created with {how}")
@@ -203,27 +292,62 @@ async def _session(
     if stop.is_set():
         await _end_jobs(server, watcher, dev.room, say)
         return
-    token = server.create_participant_token(dev.room, IDENTITY, name="Dev user")
-    async with open_room(server.url, token, auto_subscribe=AutoSubscribe.SUBSCRIBE_ALL) as room:
-        events = room.events()
-        say(f"participant {IDENTITY!r} joined room {dev.room!r}")
+
+    async def until_all_ended() -> None:
+        await _every_job_ended(server, dev.room)
+        say("every job ended")
+
+    async with trio.open_nursery() as holders:
+        participants = ParticipantFactory(server, holders)
 
         async def activity() -> None:
             async with trio.open_nursery() as nursery:
                 if not room_job:
                     nursery.start_soon(_wait_running, server, dev.room, say)
-                nursery.start_soon(_report, room, events, say, nursery)
-                nursery.start_soon(_play_tone, room, say)
-                nursery.start_soon(_chat, room, say)
+                if scenario is not None:
+                    session = DevScenario(
+                        server=server,
+                        room=dev.room,
+                        worker=worker,
+                        participants=participants,
+                        say=say,
+                        metadata=dev.metadata,
+                    )
+
+                    async def run_scenario() -> None:
+                        await scenario(session)
+                        say("scenario finished")
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(run_scenario)
+                else:
+                    joined = []
+                    for identity in _identities(dev.participants):
+                        joined.append(await participants(dev.room, identity, name="Dev user"))
+                        say(f"participant {identity!r} joined room {dev.room!r}")
+                    await _builtin(joined[0], joined[1:], say, nursery)
                 if dev.duration is not None:
                     await trio.sleep(dev.duration)
                     nursery.cancel_scope.cancel()
 
-        await _unless(stop, activity)
-        # End the job while the participant is still there: deleting the room
-        # terminates it, as an operator would.
+        async def watched() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def then_stop(fn: Callable[[], Awaitable[None]]) -> None:
+                    await fn()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(then_stop, activity)
+                nursery.start_soon(then_stop, until_all_ended)
+
+        await _unless(stop, watched)
+        # End the jobs while the participants are still there: deleting the room
+        # terminates them, as an operator would.
         await _end_jobs(server, watcher, dev.room, say)
-    say(f"participant {IDENTITY!r} left")
+        holders.cancel_scope.cancel()
+    if scenario is None:
+        for identity in _identities(dev.participants):
+            say(f"participant {identity!r} left")
     with contextlib.suppress(KeyError):  # closed already
         await server.delete_room(dev.room)
 
@@ -273,15 +397,32 @@ async def run_dev(
     *,
     say: Say = say,
 ) -> int:
-    """Run the ``dev`` scenario; returns the exit code (0).
+    """Run the ``dev`` session; returns the exit code: 0, or 1 when a job failed.
 
     Args:
         load_worker: Builds the worker from a config pointing at the dev server
             (the target is imported then, with ``LIVEKIT_URL`` and the keys set).
         config: Service settings (URL and keys are replaced by the dev server's).
-        dev: Host, port, room and duration.
+        dev: Host, port, room, duration, job type, metadata, participants, scenario.
         say: Where progress lines go.
+
+    Raises:
+        ConfigurationError: the scenario file is unusable.
     """
+    scenario = load_scenario(dev.scenario) if dev.scenario else None
+    if dev.url:
+        from ._dev_remote import run_dev_remote
+
+        return await run_dev_remote(
+            load_worker,
+            config,
+            dev,
+            dev.url,
+            say,
+            scenario,
+            _builtin,
+            _identities(dev.participants),
+        )
     secret = secrets.token_urlsafe(32)
     stop = trio.Event()
     async with (
@@ -300,6 +441,8 @@ async def run_dev(
             explicit=config.explicit | {"url", "api_key", "api_secret"},
         )
         worker = load_worker(local)
+        if dev.job_type is not None:
+            worker = worker.with_options(job_type=JobType[dev.job_type.upper()])
 
         async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -314,8 +457,9 @@ async def run_dev(
                         nursery.cancel_scope.cancel()
 
         await nursery.start(on_signals)
+        nursery.start_soon(_say_notes, server, say)
         if local.health_port is not None:
-            url = await nursery.start(serve_health, worker, local.health_host, local.health_port)
+            url = await start_health(nursery, worker, local.health_host, local.health_port)
             say(f"health server at {url} (/ /worker /metrics)")
         served = trio.Event()
 
@@ -327,8 +471,11 @@ async def run_dev(
 
         worker_id = await nursery.start(serve)
         name = worker.options.agent_name
-        say(f"worker {worker_id} registered, agent name {name!r}")
-        await _session(server, worker, dev, stop, say)
+        say(
+            f"worker {worker_id} registered, agent name {name!r},"
+            f" job type {worker.options.job_type.name}"
+        )
+        await _session(server, worker, dev, stop, say, scenario)
         worker.drain()
         await served.wait()
         stats = worker.statistics()
@@ -336,6 +483,96 @@ async def run_dev(
             f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
             f" {stats.jobs_failed} failed"
         )
+        failed = stats.jobs_failed + sum(
+            1
+            for job in server.jobs.values()
+            if job.room_name == dev.room and job.status == agent_pb.JS_FAILED and not job.worker_id
+        )
         nursery.cancel_scope.cancel()
     say("dev server stopped")
-    return 0
+    return 1 if failed else 0
+
+
+async def run_with_reload(argv: Sequence[str], watch: Path, *, say: Say = say) -> int:
+    """``dev --reload``: run *argv* (a ``dev`` command without ``--reload``) as a
+    child process and restart it whenever a ``.py`` file under *watch* changes.
+
+    Returns the last child's exit code once it exits on its own, or 0 at Ctrl-C.
+
+    Raises:
+        ConfigurationError: watchfiles is not installed.
+    """
+    try:
+        import watchfiles
+    except ImportError:
+        raise ConfigurationError(
+            '--reload needs watchfiles: pip install "trio-lkagent[reload]"'
+        ) from None
+    env = {k: v for k, v in os.environ.items() if k != "LIVEKIT_DEV_RELOAD"}
+    say(f"watching {watch} for changes (--reload)")
+
+    async def changed() -> set[str]:
+        async for changes in watchfiles.awatch(
+            watch, watch_filter=watchfiles.PythonFilter(), debounce=300
+        ):
+            return {path for _change, path in changes}
+        return set()
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        while True:
+            outcome = await _run_once(argv, env, changed, signals)
+            if outcome == "signal":
+                say("stopped (--reload)")
+                return 0
+            if isinstance(outcome, set):
+                names = ", ".join(sorted(Path(p).name for p in outcome))
+                say(f"{names} changed: restarting")
+                continue
+            return outcome if isinstance(outcome, int) else 1
+
+
+async def _run_once(
+    argv: Sequence[str],
+    env: dict[str, str],
+    changed: Callable[[], Awaitable[set[str]]],
+    signals: AsyncIterator[int],
+) -> int | set[str] | str:
+    """One child run: its exit code, the changed files, or "signal"."""
+    result: list[int | set[str] | str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def child() -> None:
+            proc = await trio.run_process(
+                list(argv),
+                env=env,
+                check=False,
+                start_new_session=True,
+                deliver_cancel=_terminate,
+            )
+            result.append(proc.returncode)
+            nursery.cancel_scope.cancel()
+
+        async def watcher() -> None:
+            result.append(await changed())
+            nursery.cancel_scope.cancel()
+
+        async def interrupted() -> None:
+            async for _ in signals:
+                result.append("signal")
+                nursery.cancel_scope.cancel()
+                return
+
+        nursery.start_soon(child)
+        nursery.start_soon(watcher)
+        nursery.start_soon(interrupted)
+    return result[0] if result else "signal"
+
+
+async def _terminate(proc: trio.Process) -> None:
+    """Stop a reloaded child: SIGINT twice (its own Ctrl-C handling), then kill."""
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        with trio.move_on_after(TEARDOWN_TIMEOUT):
+            await proc.wait()
+            return
+    proc.kill()

@@ -24,6 +24,7 @@ thread.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
     from livekit import rtc
 
 __all__ = [
+    "ConnectionQuality",
+    "ConnectionState",
+    "DisconnectReason",
+    "ParticipantKind",
+    "TrackKind",
+    "TrackSource",
     "BUILDERS",
     "ActiveSpeakersChanged",
     "ConnectionQualityChanged",
@@ -91,6 +98,112 @@ def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value)) if value else _EMPTY
 
 
+# --------------------------------------------------------------------------- enumerations
+
+
+class TrackKind(enum.IntEnum):
+    """``livekit.rtc.TrackKind``, printing its name; equal to livekit's integers."""
+
+    UNKNOWN = 0
+    AUDIO = 1
+    VIDEO = 2
+
+
+class TrackSource(enum.IntEnum):
+    """``livekit.rtc.TrackSource``, printing its name; equal to livekit's integers."""
+
+    UNKNOWN = 0
+    CAMERA = 1
+    MICROPHONE = 2
+    SCREENSHARE = 3
+    SCREENSHARE_AUDIO = 4
+
+
+class ConnectionQuality(enum.IntEnum):
+    """``livekit.rtc.ConnectionQuality``, printing its name; equal to livekit's integers."""
+
+    UNKNOWN = -1
+    POOR = 0
+    GOOD = 1
+    EXCELLENT = 2
+    LOST = 3
+
+
+class DisconnectReason(enum.IntEnum):
+    """``livekit.rtc.DisconnectReason``, printing its name; equal to livekit's integers."""
+
+    UNKNOWN_REASON = 0
+    CLIENT_INITIATED = 1
+    DUPLICATE_IDENTITY = 2
+    SERVER_SHUTDOWN = 3
+    PARTICIPANT_REMOVED = 4
+    ROOM_DELETED = 5
+    STATE_MISMATCH = 6
+    JOIN_FAILURE = 7
+    MIGRATION = 8
+    SIGNAL_CLOSE = 9
+    ROOM_CLOSED = 10
+    USER_UNAVAILABLE = 11
+    USER_REJECTED = 12
+    SIP_TRUNK_FAILURE = 13
+    CONNECTION_TIMEOUT = 14
+    MEDIA_FAILURE = 15
+    AGENT_ERROR = 16
+
+
+class ParticipantKind(enum.IntEnum):
+    """``livekit.rtc.ParticipantKind``, printing its name; equal to livekit's integers."""
+
+    STANDARD = 0
+    INGRESS = 1
+    EGRESS = 2
+    SIP = 3
+    AGENT = 4
+    CONNECTOR = 5
+    BRIDGE = 6
+
+
+class ConnectionState(enum.IntEnum):
+    """``livekit.rtc.ConnectionState``, printing its name; equal to livekit's integers."""
+
+    DISCONNECTED = 0
+    CONNECTED = 1
+    RECONNECTING = 2
+
+
+def _member(kind: type[enum.IntEnum], value: Any) -> int:
+    """The enum member for a known value, the plain int otherwise (a newer livekit
+    may send values this version does not know)."""
+    try:
+        return kind(int(value))
+    except ValueError:
+        return int(value)
+
+
+def _participant_kind(value: Any) -> int:
+    return _member(ParticipantKind, value)
+
+
+def _track_kind(value: Any) -> int:
+    return _member(TrackKind, value)
+
+
+def _track_source(value: Any) -> int:
+    return _member(TrackSource, value)
+
+
+def _disconnect_reason(value: Any) -> int:
+    return _member(DisconnectReason, value)
+
+
+def _connection_quality(value: Any) -> int:
+    return _member(ConnectionQuality, value)
+
+
+def _connection_state(value: Any) -> int:
+    return _member(ConnectionState, value)
+
+
 # --------------------------------------------------------------------------- snapshots
 
 
@@ -110,7 +223,7 @@ class ParticipantInfo:
     identity: str
     sid: str = ""
     name: str = ""
-    kind: int = 0
+    kind: int = attrs.field(default=0, converter=_participant_kind)
     metadata: str = ""
     attributes: Mapping[str, str] = attrs.field(default=_EMPTY, hash=False)
 
@@ -143,8 +256,8 @@ class TrackInfo:
 
     sid: str
     name: str = ""
-    kind: int = 0
-    source: int = 0
+    kind: int = attrs.field(default=0, converter=_track_kind)
+    source: int = attrs.field(default=0, converter=_track_source)
     muted: bool = False
 
 
@@ -210,7 +323,7 @@ class ParticipantDisconnected:
 
     identity: str
     info: ParticipantInfo
-    reason: int = 0
+    reason: int = attrs.field(default=0, converter=_disconnect_reason)
     participant: rtc.RemoteParticipant = _ref()
 
 
@@ -289,7 +402,7 @@ class ConnectionQualityChanged:
     """
 
     identity: str
-    quality: int
+    quality: int = attrs.field(converter=_connection_quality)
     participant: rtc.Participant | None = _ref()
 
 
@@ -511,7 +624,7 @@ class ConnectionStateChanged:
         state: ``livekit.rtc.ConnectionState`` value (DISCONNECTED, CONNECTED, RECONNECTING).
     """
 
-    state: int
+    state: int = attrs.field(converter=_connection_state)
 
 
 @attrs.frozen
@@ -527,7 +640,7 @@ class Disconnected:
         reason: ``livekit.rtc.DisconnectReason`` value.
     """
 
-    reason: int
+    reason: int = attrs.field(converter=_disconnect_reason)
 
 
 @attrs.frozen

@@ -155,3 +155,12 @@ class CircuitOpenError(LKAgentError):
 
 class PluginError(LKAgentError):
     """A VAD, STT or TTS engine failed; the message carries the engine's own."""
+
+
+class JobProcessError(LKAgentError):
+    """A job run in its own process (``JobExecutor.PROCESS``) failed there.
+
+    The message says how: the entrypoint's own error (``"ValueError: ..."``),
+    or that the process died (``"job process exited with signal 11"``, ``"job
+    process exceeded the memory limit ..."``). The job ends JS_FAILED with it.
+    """

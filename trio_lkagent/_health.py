@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 import trio
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ def worker_report(worker: Worker) -> dict[str, Any]:
         "reconnects": stats.reconnects,
         "ping_rtt": stats.ping_rtt,
         "room_events_dropped": stats.room_events_dropped,
+        # The process executor's pool: idle, running (pid, memory per job), crashes.
+        "processes": attrs.asdict(stats.processes) if stats.processes is not None else None,
         # resilience
         "start_time": stats.start_time,
         "uptime": stats.uptime,

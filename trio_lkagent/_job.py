@@ -15,6 +15,7 @@ import trio
 from livekit.protocol import agent as agent_pb
 
 from ._options import JobType, to_job_type
+from .processes._proc import JobProcess
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -184,6 +185,10 @@ class JobContext:
         self._held_room: tuple[Room, trio.Event] | None = None
         #: Room events dropped for slow consumers in rooms this job has left.
         self._events_dropped = 0
+        #: Set by the worker (task executor) or the job process (process executor).
+        self._proc = JobProcess()
+        #: Set by _leave (process executor: then the job process leaves its room).
+        self._left = trio.Event()
         # resilience: set by the worker before the entrypoint runs
         self._checkpoint: Checkpoint | None = None
         self._resumed = False
@@ -262,6 +267,11 @@ class JobContext:
     def cancel_scope(self) -> trio.CancelScope:
         """The job's cancel scope: cancelling it ends the job (as :meth:`shutdown` does)."""
         return self._cancel_scope
+
+    @property
+    def proc(self) -> JobProcess:
+        """The process the job runs in: ``pid`` and ``userdata`` (filled by the setup hook)."""
+        return self._proc
 
     @property
     def room(self) -> Room:
@@ -370,6 +380,7 @@ class JobContext:
 
     def _leave(self) -> None:
         """The job's final status is out (or cannot be sent): leave the held room."""
+        self._left.set()
         if self._held_room is not None:
             self._held_room[1].set()
 

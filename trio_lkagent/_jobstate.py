@@ -316,12 +316,19 @@ class JobStateMachine:
         """After re-registering: announce running jobs to the server (again).
 
         Pending ``JS_RUNNING`` updates are replaced by one per running job; final
-        updates not yet sent stay queued, in order.
+        updates not yet sent stay queued, in order, each still preceded by its
+        job's ``JS_RUNNING`` if that never went out (a job that ran and ended
+        while the worker was offline is reported running, then ended).
         """
-        finals = [u for u in self._outbox if u.is_final]
+        queued = list(self._outbox)
+        running_unsent = {u.job_id for u in queued if u.status == agent_pb.JS_RUNNING}
         self._outbox.clear()
         self._outbox.extend(JobUpdate(j, agent_pb.JS_RUNNING) for j in self.running_jobs())
-        self._outbox.extend(finals)
+        for update in queued:
+            if update.is_final:
+                if update.job_id in running_unsent:
+                    self._outbox.append(JobUpdate(update.job_id, agent_pb.JS_RUNNING))
+                self._outbox.append(update)
 
     # -- outbox --------------------------------------------------------------
 
@@ -332,6 +339,10 @@ class JobStateMachine:
     def pop_update(self) -> JobUpdate:
         """Mark the oldest update as sent."""
         return self._outbox.popleft()
+
+    def queued_updates(self) -> tuple[JobUpdate, ...]:
+        """Every update not yet sent, oldest first (a snapshot; nothing is removed)."""
+        return tuple(self._outbox)
 
     def is_pending(self, update: JobUpdate) -> bool:
         """True while *update* (as returned by :meth:`finish`) is queued and not sent.

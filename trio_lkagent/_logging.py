@@ -162,8 +162,8 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger(WS_LOGGER).setLevel(logging.DEBUG if websocket_debug else logging.NOTSET)
-    # The dev server's WebRTC stack narrates every ICE check at INFO: keep it to
-    # warnings unless DEBUG was asked for.
+    # The dev server's WebRTC stack narrates every ICE check at INFO, the native
+    # client its signalling: keep them to warnings unless DEBUG was asked for.
     chatty = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
     for name in _CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(chatty)
@@ -171,5 +171,6 @@ def configure_logging(
     return handler
 
 
-#: Libraries whose INFO records are noise for an agent's operator.
-_CHATTY_LIBRARIES = ("aioice", "aiortc")
+#: Libraries whose INFO records are noise for an agent's operator (``livekit``:
+#: the native client's own log, forwarded through the ``livekit`` logger).
+_CHATTY_LIBRARIES = ("aioice", "aiortc", "livekit")

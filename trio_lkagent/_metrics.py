@@ -21,6 +21,7 @@ from ._telemetry import WorkerObserver
 if TYPE_CHECKING:
     from ._job import JobContext
     from ._worker import Worker
+    from .processes import ProcessPoolStatistics
 
 __all__ = ["DISPATCH_BUCKETS", "JOB_DURATION_BUCKETS", "WorkerMetrics"]
 
@@ -184,3 +185,33 @@ class _StatisticsCollector(Collector):
             "Round trip of the last WorkerPing (NaN before the first)",
             math.nan if rtt is None else rtt,
         )
+        yield from _process_metrics(stats.processes)
+
+
+def _process_metrics(procs: ProcessPoolStatistics | None) -> Iterator[Metric]:
+    """The process executor's pool (nothing with the task executor)."""
+    if procs is None:
+        return
+    yield GaugeMetricFamily("lkagent_processes_idle", "Warm job processes", value=procs.idle)
+    yield GaugeMetricFamily(
+        "lkagent_processes_starting", "Job processes starting", value=procs.starting
+    )
+    yield CounterMetricFamily(
+        "lkagent_processes_started", "Job processes started", value=procs.started
+    )
+    yield CounterMetricFamily(
+        "lkagent_processes_crashed",
+        "Job processes that died before reporting (each replaced)",
+        value=procs.crashed,
+    )
+    yield CounterMetricFamily(
+        "lkagent_processes_memory_killed",
+        "Job processes killed over job_memory_limit_mb",
+        value=procs.memory_killed,
+    )
+    memory = GaugeMetricFamily(
+        "lkagent_job_process_rss_bytes", "Resident memory of each job's process", labels=["job_id"]
+    )
+    for job_id, info in procs.running.items():
+        memory.add_metric([job_id], info.rss_mb * 2**20)
+    yield memory

@@ -7,8 +7,8 @@ import math
 import os
 import random
 import urllib.parse
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from livekit.protocol import agent as agent_pb
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "JobExecutor",
     "JobType",
     "LoadFn",
     "Permissions",
@@ -65,6 +66,17 @@ def to_job_type(value: object) -> JobType:
             pass
     names = ", ".join(f"{t.name} ({t.value})" for t in JobType)
     raise InvalidJobTypeError(f"invalid job type {value!r}: expected one of {names}")
+
+
+class JobExecutor(enum.Enum):
+    """Where a job's entrypoint runs (``WorkerOptions.job_executor``; docs/processes.md)."""
+
+    #: A Trio task in the worker's process: microseconds to start, 9 KB a job;
+    #: a job that blocks the loop, leaks or crashes natively affects every job.
+    TASK = "task"
+    #: Its own process, taken from a pool of prewarmed ones (agent modules
+    #: imported, setup hook run): a crash or the memory limit ends that job only.
+    PROCESS = "process"
 
 
 #: A user load function: gets the worker's statistics, returns a load in [0, 1].
@@ -156,12 +168,12 @@ def _env(name: str) -> Callable[[], str]:
     return lambda: os.environ.get(name, "")
 
 
+_URL_MISSING = "no server URL: pass WorkerOptions(url=...) or set LIVEKIT_URL (for example ws://127.0.0.1:7880)"
+
+
 def _url_check(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
     if not value:
-        raise ConfigurationError(
-            "no server URL: pass WorkerOptions(url=...) or set LIVEKIT_URL"
-            " (for example ws://127.0.0.1:7880)"
-        )
+        return  # may come from LIVEKIT_URL when serving starts (resolved())
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
         raise ConfigurationError(
@@ -169,14 +181,12 @@ def _url_check(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
         )
 
 
-def _required(what: str, env: str) -> Callable[[object, attrs.Attribute[str], str], None]:
-    def check(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
-        if not value:
-            raise ConfigurationError(
-                f"no {what}: pass WorkerOptions({_attr.name}=...) or set {env}"
-            )
-
-    return check
+#: WorkerOptions field -> (what, environment variable), for the lazily required ones.
+_CONNECTION_FIELDS = {
+    "url": ("server URL", "LIVEKIT_URL"),
+    "api_key": ("API key", "LIVEKIT_API_KEY"),
+    "api_secret": ("API secret", "LIVEKIT_API_SECRET"),
+}
 
 
 @attrs.frozen(kw_only=True)
@@ -185,22 +195,19 @@ class WorkerOptions:
 
     ``url``, ``api_key`` and ``api_secret`` default to the ``LIVEKIT_URL``,
     ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET`` environment variables, read
-    when the options are built. Missing or invalid values raise
-    :class:`~trio_lkagent.ConfigurationError` naming the setting, here rather than
-    as a traceback at connect time.
+    when the options are built and, for those still empty, again when the worker
+    starts serving (:meth:`resolved`). So a module may build its ``Worker`` at
+    import time without any ``LIVEKIT_*`` set (tests, ``trio-lkagent dev``);
+    missing connection settings raise :class:`~trio_lkagent.ConfigurationError`
+    naming the setting when ``Worker.serve`` starts. Every other invalid value
+    raises it here, when the options are built.
 
     Times are in seconds.
     """
 
     url: str = attrs.field(factory=_env("LIVEKIT_URL"), validator=_url_check)
-    api_key: str = attrs.field(
-        factory=_env("LIVEKIT_API_KEY"), validator=_required("API key", "LIVEKIT_API_KEY")
-    )
-    api_secret: str = attrs.field(
-        factory=_env("LIVEKIT_API_SECRET"),
-        validator=_required("API secret", "LIVEKIT_API_SECRET"),
-        repr=False,
-    )
+    api_key: str = attrs.field(factory=_env("LIVEKIT_API_KEY"))
+    api_secret: str = attrs.field(factory=_env("LIVEKIT_API_SECRET"), repr=False)
     #: Explicit dispatch targets workers by this name; empty means automatic dispatch.
     agent_name: str = ""
     job_type: JobType = attrs.field(default=JobType.ROOM, converter=to_job_type)
@@ -265,6 +272,19 @@ class WorkerOptions:
         factory=lambda: os.environ.get("LIVEKIT_CHECKPOINT_URL") or None
     )
 
+    # -- per-job processes (trio_lkagent.processes, docs/processes.md) --
+    #: TASK (default) runs each job as a Trio task; PROCESS in a prewarmed process.
+    job_executor: JobExecutor = attrs.field(default=JobExecutor.TASK, converter=JobExecutor)
+    #: PROCESS: processes kept started ahead (modules imported, setup run).
+    num_idle_processes: int = 2
+    #: PROCESS: a job process above this resident memory (MB) is logged, once.
+    job_memory_warn_mb: float = 500.0
+    #: PROCESS: a job process above this resident memory (MB) is killed, its job
+    #: failed; None: no limit.
+    job_memory_limit_mb: float | None = None
+    #: PROCESS: ``"forkserver"`` (default), ``"spawn"`` or ``"fork"`` (see docs/processes.md).
+    process_start_method: str = "forkserver"
+
     # -- hardening (issue-10) --
     #: A message not sent within this means the server stopped reading: the
     #: connection is dropped and re-established.
@@ -289,11 +309,56 @@ class WorkerOptions:
             raise ConfigurationError(
                 f"wire_format must be a WireFormat (PROTOBUF or JSON), got {self.wire_format!r}"
             )
+        if not isinstance(self.num_idle_processes, int) or self.num_idle_processes < 0:
+            raise ConfigurationError(
+                f"num_idle_processes must be an integer >= 0, got {self.num_idle_processes!r}"
+            )
+        if self.process_start_method not in ("forkserver", "spawn", "fork"):
+            raise ConfigurationError(
+                "process_start_method must be 'forkserver', 'spawn' or 'fork', got"
+                f" {self.process_start_method!r}"
+            )
+        if self.job_memory_limit_mb is not None and not self.job_memory_limit_mb > 0:
+            raise ConfigurationError(
+                f"job_memory_limit_mb must be > 0 or None, got {self.job_memory_limit_mb!r}"
+            )
         if self.ping_timeout <= self.ping_interval:
             raise ConfigurationError(
                 f"ping_timeout ({self.ping_timeout}) must exceed ping_interval"
                 f" ({self.ping_interval}), or a healthy connection would be dropped"
             )
+
+    def resolved(self, environ: Mapping[str, str] | None = None) -> WorkerOptions:
+        """These options with the connection settings complete, as serving needs them.
+
+        Empty ``url``, ``api_key`` and ``api_secret`` are read again from
+        ``LIVEKIT_URL``, ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET``.
+        ``Worker.serve`` calls this first.
+
+        Args:
+            environ: The variables (default ``os.environ``).
+
+        Returns:
+            Options whose URL and keys are set (``self`` if nothing was missing).
+
+        Raises:
+            ConfigurationError: one is still missing, e.g. ``no API key: pass
+                WorkerOptions(api_key=...) or set LIVEKIT_API_KEY``, or the URL
+                from the environment is invalid.
+        """
+        env = os.environ if environ is None else environ
+        changes: dict[str, Any] = {
+            name: env.get(var, "")
+            for name, (_what, var) in _CONNECTION_FIELDS.items()
+            if not getattr(self, name)
+        }
+        for name, value in changes.items():
+            if not value:
+                what, var = _CONNECTION_FIELDS[name]
+                if name == "url":
+                    raise ConfigurationError(_URL_MISSING)
+                raise ConfigurationError(f"no {what}: pass WorkerOptions({name}=...) or set {var}")
+        return attrs.evolve(self, **changes) if changes else self
 
     @property
     def agent_ws_url(self) -> str:

@@ -18,6 +18,7 @@ and of ``--processes N``::
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ._config import ServiceConfig
+from ._exceptions import ConfigurationError
 from ._health import serve_health
 from ._options import ReconnectPolicy
 from ._worker import Worker
@@ -103,6 +105,29 @@ async def _watch_supervisor(stopper: _Stopper) -> None:
     stopper.request("supervisor gone")
 
 
+async def start_health(nursery: trio.Nursery, worker: Worker, host: str, port: int) -> str:
+    """Start the health server in *nursery*; a port in use is a usage error naming the flag.
+
+    Raises:
+        ConfigurationError: ``health server port 8081 is in use: pass --health-port
+            0 (any free port) or off``.
+        OSError: other bind failures.
+    """
+    try:
+        url: str = await nursery.start(serve_health, worker, host, port)
+    except BaseException as exc:
+        error = exc
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if not (isinstance(error, OSError) and error.errno == errno.EADDRINUSE):
+            raise
+        raise ConfigurationError(
+            f"health server port {port} is in use: pass --health-port 0 (any free port)"
+            " or off, or set LIVEKIT_HEALTH_PORT"
+        ) from None
+    return url
+
+
 async def run_worker(worker: Worker, config: ServiceConfig, *, say: Say = say) -> int:
     """Serve *worker* as a service until a signal drains it; returns the exit code.
 
@@ -123,7 +148,7 @@ async def run_worker(worker: Worker, config: ServiceConfig, *, say: Say = say) -
         if os.environ.get(SUPERVISED_ENV):
             nursery.start_soon(_watch_supervisor, stopper)
         if config.health_port is not None:
-            url = await nursery.start(serve_health, worker, config.health_host, config.health_port)
+            url = await start_health(nursery, worker, config.health_host, config.health_port)
             say(f"health server at {url} (/ /worker /metrics)")
         with stop_now:
             await worker.serve(task_status=_Announce(worker, say))

@@ -13,6 +13,7 @@ without the package nothing changes at all.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["OtelObserver", "WorkerObserver", "default_observers"]
 
 logger = logging.getLogger("trio_lkagent.telemetry")
+job_logger = logging.getLogger("trio_lkagent.job")
 
 
 class WorkerObserver:
@@ -84,15 +86,24 @@ class OtelObserver(WorkerObserver):
     """
 
     def __init__(self, tracer_provider: Any = None) -> None:
+        # opentelemetry is imported on first use (registration or the first
+        # span), not when the worker is built: a worker starts fast.
+        self._tracer_provider = tracer_provider
+        self._loaded = False
+        self._worker_id = ""
+        self._jobs: dict[str, _JobSpans] = {}
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
         from opentelemetry import context, trace
 
         from . import __version__
 
-        self._trace = trace
-        self._context = context
-        self._tracer = trace.get_tracer("trio_lkagent", __version__, tracer_provider)
-        self._worker_id = ""
-        self._jobs: dict[str, _JobSpans] = {}
+        self._trace: Any = trace
+        self._context: Any = context
+        self._tracer: Any = trace.get_tracer("trio_lkagent", __version__, self._tracer_provider)
+        self._loaded = True
 
     def _child(self, spans: _JobSpans, name: str) -> Any:
         parent = self._trace.set_span_in_context(spans.root)
@@ -119,6 +130,7 @@ class OtelObserver(WorkerObserver):
         root.end()
 
     def _open(self, job: agent_pb.Job) -> _JobSpans:
+        self._load()
         root = self._tracer.start_span(
             "lk.job",
             context=self._context.Context(),  # a root: not a child of the worker's tasks
@@ -136,6 +148,7 @@ class OtelObserver(WorkerObserver):
 
     def registered(self, worker_id: str) -> None:
         """Remember the worker id for the spans' attributes."""
+        self._load()
         self._worker_id = worker_id
 
     def job_requested(self, job: agent_pb.Job) -> None:
@@ -176,7 +189,7 @@ class OtelObserver(WorkerObserver):
         if spans is None:
             return
         if spans.token is not None:
-            self._context.detach(spans.token)  # type: ignore[arg-type]
+            self._context.detach(spans.token)
             spans.token = None
         if error and spans.phase is not None:
             spans.phase.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
@@ -195,12 +208,49 @@ class OtelObserver(WorkerObserver):
             self._finish(job_id, "worker stopped")
 
 
+class JobLogObserver(WorkerObserver):
+    """One INFO line when a job starts (id, type, room, identity) and one when it
+    ends (outcome, duration, error), on the ``trio_lkagent.job`` logger."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def job_started(self, ctx: JobContext) -> None:
+        self._started[ctx.job_id] = time.monotonic()
+        job_logger.info(
+            "job %s started: type=%s room=%s identity=%s",
+            ctx.job_id,
+            ctx.job_type.name,
+            ctx.room_name,
+            ctx.identity,
+        )
+
+    def job_ended(self, ctx: JobContext, outcome: str, error: str) -> None:
+        started = self._started.pop(ctx.job_id, None)
+        duration = time.monotonic() - started if started is not None else 0.0
+        job_logger.log(
+            logging.WARNING if error else logging.INFO,
+            "job %s ended: %s after %.1f s%s",
+            ctx.job_id,
+            outcome,
+            duration,
+            f": {error}" if error else "",
+        )
+
+
 def default_observers() -> list[WorkerObserver]:
-    """The observers every worker starts with: OpenTelemetry when it is installed."""
+    """The observers every worker starts with: the job log lines, and
+    OpenTelemetry when it is installed (imported on first use)."""
+    import importlib.util
+
+    observers: list[WorkerObserver] = [JobLogObserver()]
     try:
-        return [OtelObserver()]
-    except ImportError:
-        return []
+        found = importlib.util.find_spec("opentelemetry.trace") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        observers.append(OtelObserver())
+    return observers
 
 
 def _job_type_name(value: int) -> str:

@@ -478,6 +478,20 @@ def _check_buffer(max_buffer_size: int) -> None:
         raise ValueError("max_buffer_size must be >= 0")
 
 
+def _check_track(track: object, what: str) -> None:
+    """A ``livekit.rtc.Track`` is needed; the event's snapshot is the easy slip."""
+    if isinstance(track, rtc.Track):
+        return
+    from ._events import TrackInfo
+
+    if isinstance(track, TrackInfo):
+        raise TypeError(
+            f"{what}() needs the livekit track, not its TrackInfo snapshot:"
+            " pass event.rtc_track, not event.track"
+        )
+    raise TypeError(f"{what}() needs a livekit.rtc.Track, got {type(track).__name__}")
+
+
 @asynccontextmanager
 async def open_audio_stream(
     track: rtc.Track,
@@ -520,6 +534,7 @@ async def open_audio_stream(
     if frame_size_ms is not None and frame_size_ms < 1:
         raise ValueError("frame_size_ms must be None or >= 1")
     _check_buffer(max_buffer_size)
+    _check_track(track, "open_audio_stream")
     if track.kind != rtc.TrackKind.KIND_AUDIO:
         raise ValueError(f"not an audio track: {track!r}")
     async with open_bridge() as bridge:
@@ -571,6 +586,7 @@ async def open_video_stream(
     format = _video_format(format)
     check_limits("video_stream", format=format)
     _check_buffer(max_buffer_size)
+    _check_track(track, "open_video_stream")
     if track.kind != rtc.TrackKind.KIND_VIDEO:
         raise ValueError(f"not a video track: {track!r}")
     async with open_bridge() as bridge, open_owned_nursery() as nursery:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -34,7 +35,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import trio
 import trio_websocket
-from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 
 from ._exceptions import (
@@ -51,13 +51,16 @@ from ._job import AcceptInfo, JobContext, JobRequest
 from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
 from ._logratelimit import LogLimiter
-from ._options import WorkerOptions
+from ._options import JobExecutor, WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
+from ._token import agent_token
 from ._wsconn import SocketLost, WorkerSocket, open_worker_socket
+from .processes._proc import JobProcess, SetupFn, run_setup
 from .resilience._runtime import WorkerResilience
 
 if TYPE_CHECKING:
+    from .processes._pool import ProcessPool, ProcessPoolStatistics
     from .resilience import ResourceMonitor, ResourceSample
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
@@ -128,6 +131,10 @@ class WorkerStatistics:
     #: Recovery decisions taken, by action (``"retry"``, ``"backoff"``, ...).
     recovery_decisions: dict[str, int] = attrs.field(factory=dict)
 
+    # -- per-job processes (trio_lkagent.processes) --
+    #: The process executor's pool (idle, running with memory, crashes); None with tasks.
+    processes: ProcessPoolStatistics | None = None
+
     # -- issue 10 --
     #: Jobs reported failed because they ignored cancellation, whose tasks still
     #: run (the worker is unhealthy while there are any).
@@ -145,13 +152,19 @@ class Worker:
         entrypoint: ``async def entrypoint(ctx: JobContext)``, called once per
             job, inside the job's cancel scope.
         options: Connection and capacity settings (default: ``WorkerOptions()``,
-            which reads ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET``).
+            which reads ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET``;
+            missing ones are looked up again, and reported, when ``serve`` starts,
+            so building a worker at import time needs no configuration).
         request_handler: ``async def on_request(req: JobRequest)``, which calls
             ``req.accept(...)`` or ``req.reject()``. Without one every job
             (within capacity) is accepted with identity ``agent-<job id>``.
+        setup: ``def setup(proc: JobProcess)`` (or async): runs once per
+            worker (task executor, before registering) or once per job
+            process (process executor, before it takes a job) and fills
+            ``proc.userdata``, which jobs see as ``ctx.proc.userdata``.
 
     Raises:
-        ConfigurationError: invalid or missing options.
+        ConfigurationError: invalid options (missing URL or keys: from ``serve``).
 
     Run it with ``trio.run(worker.serve)``, or inside an application with
     ``worker_id = await nursery.start(worker.serve)``.
@@ -163,12 +176,15 @@ class Worker:
         options: WorkerOptions | None = None,
         *,
         request_handler: RequestHandler | None = None,
+        setup: SetupFn | None = None,
     ) -> None:
         self._entrypoint = entrypoint
+        self._setup = setup
         self._options = options if options is not None else WorkerOptions()
         self._request_handler = request_handler
         self._rng = random.Random()
         self._observers: list[WorkerObserver] = default_observers()
+        self._proc = JobProcess()  # ctx.proc of task-executor jobs
         self._reset()
 
     def _reset(self) -> None:
@@ -211,6 +227,9 @@ class Worker:
         self._resilience = WorkerResilience(self)
         self._drain_error: ShutdownTimeoutError | None = None
         self._strict_drain = False
+        # -- per-job processes (trio_lkagent.processes)
+        self._job_runner: Entrypoint = self._entrypoint
+        self._process_pool: ProcessPool | None = None
 
     # -- public API ------------------------------------------------------------
 
@@ -252,6 +271,7 @@ class Worker:
             jobs=dict(self._job_rooms),
             room_events_dropped=self._room_events_dropped
             + sum(ctx._events_dropped_now() for ctx in self._jobs.values()),
+            processes=self._process_pool.statistics() if self._process_pool else None,
             drain_error=self._drain_error,
             **self._resilience.statistics_fields(),
             stuck_jobs=len(self._abandoned),
@@ -292,6 +312,8 @@ class Worker:
         returns a registered worker.
 
         Raises:
+            ConfigurationError: no URL, API key or secret in the options nor in
+                the environment (see :meth:`WorkerOptions.resolved`).
             AuthenticationError: the server refused the credentials (no retry).
             RecoveryFailedError: ``ReconnectPolicy.max_attempts`` connection
                 attempts in a row failed (a :class:`ConnectError`; its
@@ -310,9 +332,11 @@ class Worker:
             raise RuntimeError("Worker.serve() is already running")
         if self._stopped:
             self._reset()
+        self._options = self._options.resolved()  # lazy configuration: fail here, not at import
         self._serving = True
         log_token = bind_worker(self)
         try:
+            await self._run_setup()
             async with trio.open_nursery() as root:
                 root.start_soon(self._resilience.run, self._jobs_closed)
                 try:
@@ -320,7 +344,10 @@ class Worker:
                         self._jobs_nursery = jobs
                         watchdog = trio.CancelScope()
                         jobs.start_soon(self._watchdog, watchdog)
+                        await self._start_executor(root)
                         worker_id = await root.start(self._connection_manager)
+                        if self._process_pool is not None:
+                            self._process_pool.warm()  # after registering, not before
                         task_status.started(worker_id)
                         await self._drain_requested.wait()
                         await self._drain()
@@ -342,6 +369,27 @@ class Worker:
             self._ws = None
             unbind_worker(log_token)
             self._observe(lambda o: o.stopped())
+
+    # -- job executor (trio_lkagent.processes) ------------------------------------
+
+    async def _run_setup(self) -> None:
+        """Task executor: the setup hook, once, before registering (process: in each child)."""
+        if self._setup is not None and self._options.job_executor is JobExecutor.TASK:
+            try:
+                await run_setup(self._setup, self._proc)
+            except Exception as exc:
+                exc.add_note(f"raised by the setup hook {self._setup!r}; the worker did not start")
+                raise
+
+    async def _start_executor(self, root: trio.Nursery) -> None:
+        """Process executor: start the pool of job processes (it lives until jobs end)."""
+        if self._options.job_executor is JobExecutor.PROCESS:
+            from .processes._pool import serve_process_pool
+
+            self._process_pool = await root.start(
+                serve_process_pool, self._options, self._entrypoint, self._setup, self._jobs_closed
+            )
+            self._job_runner = self._process_pool.run
 
     # -- draining ----------------------------------------------------------------
 
@@ -446,11 +494,7 @@ class Worker:
 
     def _auth_headers(self) -> list[tuple[bytes, bytes]]:
         opts = self._options
-        token = (
-            lkapi.AccessToken(opts.api_key, opts.api_secret)
-            .with_grants(lkapi.VideoGrants(agent=True))
-            .to_jwt()
-        )
+        token = agent_token(opts.api_key, opts.api_secret)
         return [(b"authorization", b"Bearer " + token.encode())]
 
     async def _session(self, on_registered: Callable[[str], None]) -> None:
@@ -783,6 +827,7 @@ class Worker:
             worker_id=self._worker_id or "",
             accept=accept,
         )
+        ctx._proc = self._proc
         timeout = accept.timeout if accept.timeout is not None else self._options.job_timeout
         if timeout is not None:  # the job's deadline (issue 9): see _run_job
             ctx.cancel_scope.deadline = trio.current_time() + timeout
@@ -834,7 +879,8 @@ class Worker:
                 try:
                     with ctx.cancel_scope:
                         try:
-                            await self._resilience.run_entrypoint(self._entrypoint, ctx)
+                            # the entrypoint, or its job process (JobExecutor.PROCESS)
+                            await self._resilience.run_entrypoint(self._job_runner, ctx)
                             outcome = Outcome.RETURNED
                         except BaseException as exc:
                             failure = _without_cancelled(exc)
@@ -911,6 +957,8 @@ class Worker:
 
     def _arm_watchdog(self, job_id: str) -> None:
         """*job_id* was asked to stop: it must end within ``shutdown_grace``."""
+        if self._process_pool is not None:
+            return  # per-job processes: the pool kills a process that does not stop
         if job_id not in self._cancel_deadlines:
             deadline = trio.current_time() + self._options.shutdown_grace
             self._cancel_deadlines[job_id] = deadline
@@ -998,6 +1046,30 @@ class Worker:
 
     def _released(self, job_id: str, reason: str) -> None:
         self._observe(lambda o: o.job_released(job_id, reason))
+
+    def with_options(self, **changes: Any) -> Worker:
+        """A copy of this worker with some options replaced (for tests and tools).
+
+        Example: ``worker.with_options(url=server.url, api_key="devkey",
+        api_secret="secret", max_jobs=1)``. The copy has the same entrypoint and
+        handlers and a fresh state; this worker is left as it was.
+
+        Args:
+            **changes: :class:`WorkerOptions` fields and their new values.
+
+        Returns:
+            The new worker (not serving).
+
+        Raises:
+            ConfigurationError: a value is invalid.
+            TypeError: no such option.
+        """
+        options = attrs.evolve(self._options, **changes)
+        clone = copy.copy(self)
+        clone._observers = list(self._observers)
+        clone._serving = False
+        clone._set_options(options)
+        return clone
 
     def _set_options(self, options: WorkerOptions) -> None:
         """Replace the options of a worker that is not serving (the CLI's overrides)."""

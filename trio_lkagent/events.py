@@ -12,17 +12,24 @@ Match on them::
                 ...
 
 ``RoomEvent`` is the union of all of them; ``ParticipantInfo``, ``TrackInfo`` and
-``RoomInfo`` are the snapshots they carry.
+``RoomInfo`` are the snapshots they carry. Fields that are livekit enumerations
+(track kind and source, participant kind, connection quality and state,
+disconnect reason) hold the ``enum.IntEnum`` members defined here
+(``TrackKind.AUDIO``): they print their names and compare equal to livekit's
+integers (``TrackKind.AUDIO == rtc.TrackKind.KIND_AUDIO``).
 """
 
 from ._events import ActiveSpeakersChanged as ActiveSpeakersChanged
 from ._events import Connected as Connected
+from ._events import ConnectionQuality as ConnectionQuality
 from ._events import ConnectionQualityChanged as ConnectionQualityChanged
+from ._events import ConnectionState as ConnectionState
 from ._events import ConnectionStateChanged as ConnectionStateChanged
 from ._events import DataReceived as DataReceived
 from ._events import DataTrackPublished as DataTrackPublished
 from ._events import DataTrackUnpublished as DataTrackUnpublished
 from ._events import Disconnected as Disconnected
+from ._events import DisconnectReason as DisconnectReason
 from ._events import E2EEStateChanged as E2EEStateChanged
 from ._events import LocalTrackPublished as LocalTrackPublished
 from ._events import LocalTrackRepublished as LocalTrackRepublished
@@ -35,6 +42,7 @@ from ._events import ParticipantConnected as ParticipantConnected
 from ._events import ParticipantDisconnected as ParticipantDisconnected
 from ._events import ParticipantEncryptionStatusChanged as ParticipantEncryptionStatusChanged
 from ._events import ParticipantInfo as ParticipantInfo
+from ._events import ParticipantKind as ParticipantKind
 from ._events import ParticipantMetadataChanged as ParticipantMetadataChanged
 from ._events import ParticipantNameChanged as ParticipantNameChanged
 from ._events import ParticipantPermissionsChanged as ParticipantPermissionsChanged
@@ -47,8 +55,10 @@ from ._events import RoomUpdated as RoomUpdated
 from ._events import SipDTMFReceived as SipDTMFReceived
 from ._events import TokenRefreshed as TokenRefreshed
 from ._events import TrackInfo as TrackInfo
+from ._events import TrackKind as TrackKind
 from ._events import TrackMuted as TrackMuted
 from ._events import TrackPublished as TrackPublished
+from ._events import TrackSource as TrackSource
 from ._events import TrackSubscribed as TrackSubscribed
 from ._events import TrackSubscriptionFailed as TrackSubscriptionFailed
 from ._events import TrackUnmuted as TrackUnmuted

@@ -60,6 +60,7 @@ from .._protocol import WireFormat, decode, encode, message_kind
 from . import _dispatch as rules
 from ._auth import Grants
 from ._config import DevServerConfig
+from ._explain import explain_no_worker, explain_rejection
 from ._ids import AGENT_JOB_PREFIX, AGENT_WORKER_PREFIX, new_guid
 from ._state import Changes, Counters, Faults
 from ._transport import WebSocketTransport
@@ -426,6 +427,8 @@ class AgentService:
         self._faults = faults
         self._changes = changes
         self._counters = counters
+        #: Explanations of dispatch decisions (no worker, type mismatch, rejection).
+        self.notes: collections.deque[str] = collections.deque(maxlen=1000)
         self._keys = {config.api_key: config.api_secret}
         self._listener: JobListener | None = None
         #: Every worker that ever registered, by id.
@@ -736,6 +739,11 @@ class AgentService:
 
     # -- jobs --------------------------------------------------------------------
 
+    def _note(self, note: str) -> None:
+        logger.warning("%s", note)
+        self.notes.append(note)
+        self._changes.notify()
+
     def registered_keys(self) -> list[rules.WorkerKey]:
         """The groups that have at least one registered, connected worker."""
         return list(self._groups)
@@ -795,6 +803,11 @@ class AgentService:
             self.registered_keys(), request.agent_name, request.job_type
         )
         if namespaces is None:
+            note = explain_no_worker(
+                self.registered_keys(), request.agent_name, request.job_type, request.room.name
+            )
+            if note is not None:
+                self._note(note)
             logger.info(
                 "not dispatching agent job since no worker is available: agent_name=%r type=%s"
                 " room=%r",
@@ -816,6 +829,12 @@ class AgentService:
             self._counters.job_requests += 1
             self._nursery.start_soon(self._request_job, server_job)
             jobs.append(server_job)
+        if not jobs:
+            note = explain_no_worker(
+                self.registered_keys(), request.agent_name, request.job_type, request.room.name
+            )
+            if note is not None:
+                self._note(note)
         return jobs
 
     async def _request_job(self, job: ServerJob) -> None:
@@ -845,6 +864,8 @@ class AgentService:
                         worker.worker_id,
                         outcome.value,
                     )
+                    if outcome is rules.AssignFailure.NOT_AVAILABLE:
+                        self._note(explain_rejection(job.id, worker.worker_id, job.agent_name))
                     if not rules.retry_after(
                         outcome,
                         retry_on_availability_timeout=self._config.retry_on_availability_timeout,

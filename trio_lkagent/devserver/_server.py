@@ -365,6 +365,13 @@ class DevServer:
         """Room name -> open room."""
         return self._rooms.rooms
 
+    @property
+    def dispatch_notes(self) -> list[str]:
+        """Why dispatches made no job, oldest first (also logged at WARNING): "no
+        worker registered for agent 'x' (registered: 'y')", "job type mismatch ...",
+        "job AJ_... rejected by worker AW_..."; the last 1000."""
+        return list(self._agents.notes)
+
     def statistics(self) -> DevServerStatistics:
         """A snapshot of the server's counters and current state."""
         by_status: dict[str, int] = {}

@@ -1,0 +1,265 @@
+"""``trio-lkagent dev --url URL``: the dev session against an external LiveKit server.
+
+The same session as with the embedded server (the worker, a room with a
+dispatch, simulated participants running the built-in script or a scenario),
+but the room and its dispatch are made through the server API (``livekit-api``)
+and what is known of the jobs comes from the worker itself: the job runs, it
+ended, how. The session ends by deleting the room (the server then terminates
+the jobs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+from livekit import api as lkapi
+
+from ._config import ServiceConfig, dev_keys_quiet
+from ._job import JobContext
+from ._options import JobType
+from ._room import AutoSubscribe, Room, open_room
+from ._service import Say, start_health
+from ._telemetry import WorkerObserver
+from ._worker import Worker
+from .testing._kit import ParticipantFactory
+from .testing._scenario import DevScenario
+
+__all__ = ["RemoteServer", "run_dev_remote"]
+
+#: Bound on waiting for the worker to be done with a terminated job.
+TEARDOWN_TIMEOUT = 10.0
+#: Bound on each server API call.
+API_TIMEOUT = 15.0
+
+
+class RemoteServer:
+    """An external LiveKit server, as much of it as a dev session needs."""
+
+    def __init__(self, url: str, api_key: str, api_secret: str) -> None:
+        self.url = url
+        self.api_key = api_key
+        self.api_secret = api_secret
+
+    def create_participant_token(self, room: str, identity: str, **fields: Any) -> str:
+        """A join token for *room*, signed here with the API key."""
+        token = (
+            lkapi.AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(fields.get("name", ""))
+            .with_metadata(fields.get("metadata", ""))
+            .with_grants(lkapi.VideoGrants(room_join=True, room=room))
+        )
+        if fields.get("attributes"):
+            token = token.with_attributes(dict(fields["attributes"]))
+        if fields.get("kind") is not None:
+            token = token.with_kind(fields["kind"])
+        with dev_keys_quiet(self.api_secret):
+            return token.to_jwt()
+
+    @contextlib.asynccontextmanager
+    async def open_participant(
+        self,
+        room: str,
+        identity: str,
+        *,
+        name: str = "",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+        kind: str | None = None,
+        auto_subscribe: AutoSubscribe = AutoSubscribe.SUBSCRIBE_ALL,
+    ) -> AsyncIterator[Room]:
+        """Join *room* as a simulated participant for the duration of the block."""
+        token = self.create_participant_token(
+            room, identity, name=name, metadata=metadata, attributes=attributes, kind=kind
+        )
+        async with open_room(self.url, token, auto_subscribe=auto_subscribe) as joined:
+            yield joined
+
+    async def call(self, fn: Callable[[lkapi.LiveKitAPI], Awaitable[Any]]) -> Any:
+        """``await fn(client)`` with a fresh ``LiveKitAPI`` on the asyncio bridge."""
+        from ._bridge import open_bridge
+
+        async def on_loop() -> Any:
+            client = lkapi.LiveKitAPI(self.url, self.api_key, self.api_secret)
+            try:
+                return await fn(client)
+            finally:
+                await client.aclose()
+
+        async with open_bridge() as bridge:
+            with trio.fail_after(API_TIMEOUT):
+                return await bridge.run(on_loop)
+
+
+class _Jobs(WorkerObserver):
+    """The worker's own view of its jobs in the session's room."""
+
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self.running: dict[str, JobContext] = {}
+        self.ended: dict[str, str] = {}  # job id -> outcome
+        self.changed = trio.Event()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def job_started(self, ctx: JobContext) -> None:
+        if ctx.room_name == self.room:
+            self.running[ctx.job_id] = ctx
+            self._wake()
+
+    def job_ended(self, ctx: JobContext, outcome: str, error: str) -> None:
+        if self.running.pop(ctx.job_id, None) is not None:
+            self.ended[ctx.job_id] = f"{outcome}: {error}" if error else outcome
+            self._wake()
+
+    async def wait_started(self) -> str:
+        while not (self.running or self.ended):
+            await self.changed.wait()
+        return next(iter(self.running or self.ended))
+
+    async def wait_all_ended(self) -> None:
+        while not self.ended or self.running:
+            await self.changed.wait()
+
+
+async def run_dev_remote(
+    load_worker: Callable[[ServiceConfig], Worker],
+    config: ServiceConfig,
+    dev: Any,
+    url: str,
+    say: Say,
+    scenario: Callable[[DevScenario], Awaitable[None]] | None,
+    builtin: Callable[[Room, list[Room], Say, trio.Nursery], Awaitable[None]],
+    identities: list[str],
+) -> int:
+    """Run the dev session against *url* with the configured API key and secret.
+
+    Returns 0, or 1 when a job failed.
+    """
+    remote = RemoteServer(url, config.api_key, config.api_secret)
+    local = attrs.evolve(config, url=url, explicit=config.explicit | {"url"})
+    worker = load_worker(local)
+    if dev.job_type is not None:
+        worker = worker.with_options(job_type=JobType[dev.job_type.upper()])
+    jobs = _Jobs(dev.room)
+    worker._add_observer(jobs)
+    stop = trio.Event()
+    say(f"using the LiveKit server at {url} (api key {config.api_key!r})")
+    async with trio.open_nursery() as nursery:
+
+        async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not stop.is_set():
+                        say(f"{name}: ending the session (repeat to stop at once)")
+                        stop.set()
+                    else:
+                        say(f"{name} again: stopping now")
+                        nursery.cancel_scope.cancel()
+
+        await nursery.start(on_signals)
+        if local.health_port is not None:
+            health = await start_health(nursery, worker, local.health_host, local.health_port)
+            say(f"health server at {health} (/ /worker /metrics)")
+        served = trio.Event()
+
+        async def serve(*, task_status: trio.TaskStatus[str]) -> None:
+            try:
+                await worker.serve(task_status=task_status)
+            finally:
+                served.set()
+
+        worker_id = await nursery.start(serve)
+        agent_name = worker.options.agent_name
+        say(
+            f"worker {worker_id} registered, agent name {agent_name!r},"
+            f" job type {worker.options.job_type.name}"
+        )
+        agents = []
+        if agent_name or dev.metadata:
+            agents = [lkapi.RoomAgentDispatch(agent_name=agent_name, metadata=dev.metadata)]
+        await remote.call(
+            lambda c: c.room.create_room(lkapi.CreateRoomRequest(name=dev.room, agents=agents))
+        )
+        how = f"a dispatch for agent {agent_name!r}" if agent_name else "automatic dispatch"
+        say(f"room {dev.room!r} created with {how}")
+
+        async def announce() -> None:
+            job_id = await jobs.wait_started()
+            say(f"job {job_id} running in this worker")
+
+        async with trio.open_nursery() as session:
+            session.start_soon(_cancel_on, stop, session.cancel_scope)
+            if worker.options.job_type is JobType.ROOM:
+                await announce()
+            async with trio.open_nursery() as holders:
+                participants = ParticipantFactory(remote, holders)
+
+                async def activity() -> None:
+                    async with trio.open_nursery() as inner:
+                        if worker.options.job_type is not JobType.ROOM:
+                            inner.start_soon(announce)
+                        if scenario is not None:
+                            await scenario(
+                                DevScenario(
+                                    server=None,
+                                    room=dev.room,
+                                    worker=worker,
+                                    participants=participants,
+                                    say=say,
+                                    metadata=dev.metadata,
+                                )
+                            )
+                            say("scenario finished")
+                        else:
+                            joined = []
+                            for identity in identities:
+                                joined.append(await participants(dev.room, identity))
+                                say(f"participant {identity!r} joined room {dev.room!r}")
+                            await builtin(joined[0], joined[1:], say, inner)
+                            if dev.duration is not None:
+                                await trio.sleep(dev.duration)
+                            else:
+                                await trio.sleep_forever()
+                        inner.cancel_scope.cancel()
+                    session.cancel_scope.cancel()
+
+                async def all_ended() -> None:
+                    await jobs.wait_all_ended()
+                    say("every job ended")
+                    session.cancel_scope.cancel()
+
+                session.start_soon(activity)
+                session.start_soon(all_ended)
+                await trio.sleep_forever()
+        # Deleting the room ends the jobs (the server terminates them).
+        with contextlib.suppress(Exception):
+            await remote.call(lambda c: c.room.delete_room(lkapi.DeleteRoomRequest(room=dev.room)))
+        say(f"room {dev.room!r} deleted")
+        with trio.move_on_after(TEARDOWN_TIMEOUT):
+            await jobs.wait_all_ended()
+        for job_id, how in jobs.ended.items():
+            say(f"job {job_id} ended: {how}")
+        worker.drain()
+        await served.wait()
+        stats = worker.statistics()
+        say(
+            f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
+            f" {stats.jobs_failed} failed"
+        )
+        nursery.cancel_scope.cancel()
+    return 1 if stats.jobs_failed else 0
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
