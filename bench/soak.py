@@ -114,7 +114,13 @@ async def soak(args: argparse.Namespace) -> None:
                         over_capacity += 1
                     await trio.sleep(0.005)
 
+            fault_scope = trio.CancelScope()
+
             async def fault_loop() -> None:
+                with fault_scope:
+                    await _faults()
+
+            async def _faults() -> None:
                 step = 0
                 while True:
                     await trio.sleep(args.fault_every)
@@ -164,6 +170,7 @@ async def soak(args: argparse.Namespace) -> None:
                 await server.create_dispatch(room=room, agent_name=AGENT)
                 if trio.current_time() > deadline:
                     break
+            fault_scope.cancel()  # the faults stop with the dispatches; the worker settles
             with trio.move_on_at(deadline):
                 # Polling the worker's statistics is what a monitoring client does.
                 while worker.statistics().running_jobs or worker.statistics().reserved_jobs:  # noqa: ASYNC110
