@@ -526,8 +526,12 @@ async def test_vad_gate_with_energy_vad_on_recorded_speech() -> None:
     # Speech is 0.52-3.34 s and 4.38-6.44 s (samples above 500); the gate keeps
     # that, 0.1 s of padding before and 0.3 s of silence after each (plus the
     # quiet tails of words the energy threshold still calls speech), not the rest.
+    # (An utterance starts where the audio kept jumps: a gap after the previous frame's end;
+    # the frame of START_OF_SPEECH holds the padding and the speech so far, > 0.1 s.)
     starts = [kept[0].timestamp] + [
-        b.timestamp for a, b in itertools.pairwise(kept) if b.timestamp - a.timestamp > 0.1
+        b.timestamp
+        for a, b in itertools.pairwise(kept)
+        if b.timestamp - (a.timestamp + a.duration) > 0.05
     ]
     assert len(starts) == 2
     assert 0.3 <= starts[0] <= 0.52 and 4.1 <= starts[1] <= 4.38

@@ -666,6 +666,39 @@ class Room:
         )
         return info
 
+    async def publish_transcription(
+        self,
+        segments: Collection[rtc.TranscriptionSegment],
+        *,
+        participant_identity: str | None = None,
+        track_sid: str = "",
+    ) -> None:
+        """Publish transcription segments; other participants get ``TranscriptionReceived``.
+
+        Args:
+            segments: ``livekit.rtc.TranscriptionSegment`` values (``id``, ``text``,
+                ``start_time`` / ``end_time`` in milliseconds, ``language``,
+                ``final``). A segment sent again with the same id replaces it.
+            participant_identity: Whose speech it is (default: this participant).
+            track_sid: The audio track transcribed ("" if none).
+
+        Raises:
+            ValueError: A time is negative or not an integer (the native side
+                cannot encode it).
+            livekit.rtc.participant.PublishTranscriptionError: The native side
+                refused it.
+        """
+        for segment in segments:
+            for value in (segment.start_time, segment.end_time):
+                if not isinstance(value, int) or value < 0:
+                    raise ValueError("segment times must be integers >= 0 (milliseconds)")
+        transcription = rtc.Transcription(
+            participant_identity=participant_identity or self.local_participant.identity,
+            track_sid=track_sid,
+            segments=list(segments),
+        )
+        await self._bridge.run(self.local_participant.publish_transcription, transcription)
+
     @asynccontextmanager
     async def text_streams(
         self, topic: str = "", *, max_buffer_size: int = 16

@@ -292,11 +292,13 @@ class PluginStream(trio.abc.ReceiveChannel[E], Generic[E]):
                 await self._process()
         except trio.Cancelled:
             raise
-        except PluginError as exc:
-            self._error = exc
         except Exception as exc:
-            self._error = PluginError(f"{self._name}: {exc}")
-            self._error.__cause__ = exc
+            leaf = _single_leaf(exc)
+            if isinstance(leaf, PluginError):
+                self._error = leaf
+            else:
+                self._error = PluginError(f"{self._name}: {leaf}")
+                self._error.__cause__ = leaf
         finally:
             self._events_send.close()
 
@@ -313,6 +315,13 @@ class PluginStream(trio.abc.ReceiveChannel[E], Generic[E]):
         if self._error is not None and not self._error_seen:
             self._error_seen = True
             raise self._error
+
+
+def _single_leaf(exc: Exception) -> Exception:
+    """The one exception inside nested groups of one (an engine's nursery), or *exc*."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @contextmanager

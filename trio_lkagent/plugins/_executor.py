@@ -236,7 +236,13 @@ async def open_inference_executor(
             executor._closed = True
         return
 
-    import trio_parallel
+    try:
+        import trio_parallel
+    except ImportError as exc:
+        raise ImportError(
+            "trio-parallel is not installed (needed for processes > 0):"
+            " pip install 'trio-lkagent[parallel]'"
+        ) from exc
 
     init = functools.partial(_init, tuple(warmup))
     async with trio_parallel.open_worker_context(idle_timeout=idle_timeout, init=init) as context:

