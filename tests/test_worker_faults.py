@@ -67,9 +67,10 @@ class Jobs:
 
 
 def reports(server: DevServer) -> dict[str, list[int]]:
-    """Every status the worker sent, per job, in order (recorded, then ignored-late)."""
+    """Every status the worker sent, per job, in order: recorded, then ignored
+    (sent on a later connection, which the server ignores as Go does), then late."""
     return {
-        job.id: [u.status for _, u in job.updates + job.late_updates]
+        job.id: [u.status for _, u in job.updates + job.ignored_updates + job.late_updates]
         for job in server.jobs.values()
     }
 

@@ -91,6 +91,8 @@ def _monitor_report(worker: Worker) -> dict[str, Any] | None:
 def health_report(worker: Worker) -> tuple[bool, str]:
     """``(healthy, reason)``: healthy while registered and taking (or full of) jobs."""
     stats = worker.statistics()
+    if stats.stuck_jobs:
+        return False, f"{stats.stuck_jobs} job(s) ignored cancellation and still run"
     monitor = worker.options.health_monitor
     if monitor is not None and not monitor.healthy and stats.status in ("available", "full"):
         return False, f"unhealthy: {monitor.reason}"

@@ -285,6 +285,13 @@ class WorkerOptions:
     #: PROCESS: ``"forkserver"`` (default), ``"spawn"`` or ``"fork"`` (see docs/processes.md).
     process_start_method: str = "forkserver"
 
+    # -- hardening (issue-10) --
+    #: A message not sent within this means the server stopped reading: the
+    #: connection is dropped and re-established.
+    send_timeout: float = attrs.field(default=10.0, validator=_positive("send_timeout"))
+    #: Bound on the WebSocket close handshake (the TCP stream is closed after it).
+    close_timeout: float = attrs.field(default=2.0, validator=_positive("close_timeout"))
+
     def __attrs_post_init__(self) -> None:
         if (
             not isinstance(self.max_jobs, int)

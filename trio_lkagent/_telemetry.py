@@ -136,7 +136,7 @@ class OtelObserver(WorkerObserver):
             context=self._context.Context(),  # a root: not a child of the worker's tasks
             attributes={
                 "lk.job.id": job.id,
-                "lk.job.type": agent_pb.JobType.Name(job.type),
+                "lk.job.type": _job_type_name(job.type),
                 "lk.room.name": job.room.name,
                 "lk.agent.name": job.agent_name,
                 "lk.worker.id": self._worker_id,
@@ -251,3 +251,11 @@ def default_observers() -> list[WorkerObserver]:
     if found:
         observers.append(OtelObserver())
     return observers
+
+
+def _job_type_name(value: int) -> str:
+    """``JT_ROOM``...; a number the protocol does not define (a peer's) as itself."""
+    try:
+        return agent_pb.JobType.Name(value)
+    except ValueError:
+        return str(value)

@@ -21,11 +21,13 @@ bookkeeping is delegated to the pure :class:`~._jobstate.JobStateMachine`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -39,7 +41,6 @@ from livekit.protocol import agent as agent_pb
 from ._exceptions import (
     AuthenticationError,
     ConnectError,
-    ConnectionLostError,
     JobTimeoutError,
     LKAgentError,
     ProtocolError,
@@ -50,10 +51,12 @@ from ._exceptions import (
 from ._job import AcceptInfo, JobContext, JobRequest
 from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
 from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
+from ._logratelimit import LogLimiter
 from ._options import JobExecutor, WorkerOptions
 from ._protocol import decode, encode, message_kind
 from ._telemetry import WorkerObserver, default_observers
 from ._token import agent_token
+from ._wsconn import SocketLost, WorkerSocket, open_worker_socket
 from .processes._proc import JobProcess, SetupFn, run_setup
 from .resilience._runtime import WorkerResilience
 
@@ -136,9 +139,14 @@ class WorkerStatistics:
     #: The process executor's pool (idle, running with memory, crashes); None with tasks.
     processes: ProcessPoolStatistics | None = None
 
+    # -- issue 10 --
+    #: Jobs reported failed because they ignored cancellation, whose tasks still
+    #: run (the worker is unhealthy while there are any).
+    stuck_jobs: int = 0
 
-class _ConnectionLost(ConnectionLostError):
-    """The session ended and the worker should reconnect."""
+
+#: The session ended and the worker should reconnect (a ConnectionLostError).
+_ConnectionLost = SocketLost
 
 
 class Worker:
@@ -200,7 +208,14 @@ class Worker:
         self._serving = False
         self._stopped = False
         self._worker_id: str | None = None
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._ws: WorkerSocket | None = None
+        # issue-10: availability answers wait here for the writer (the reader never sends).
+        self._answers: collections.deque[agent_pb.AvailabilityResponse] = collections.deque()
+        self._peer_log = LogLimiter(logger, clock=lambda: trio.current_time())
+        # Jobs reported failed because they ignored cancellation past the grace.
+        self._abandoned: set[str] = set()
+        self._cancel_deadlines: dict[str, float] = {}
+        self._wake_watchdog = trio.Event()
         self._jobs: dict[str, JobContext] = {}
         self._job_rooms: dict[str, str] = {}
         self._handler_scopes: dict[str, trio.CancelScope] = {}
@@ -269,6 +284,7 @@ class Worker:
             processes=self._process_pool.statistics() if self._process_pool else None,
             drain_error=self._drain_error,
             **self._resilience.statistics_fields(),
+            stuck_jobs=len(self._abandoned),
         )
 
     @property
@@ -336,6 +352,8 @@ class Worker:
                 try:
                     async with trio.open_nursery() as jobs:
                         self._jobs_nursery = jobs
+                        watchdog = trio.CancelScope()
+                        jobs.start_soon(self._watchdog, watchdog)
                         await self._start_executor(root)
                         worker_id = await root.start(self._connection_manager)
                         if self._process_pool is not None:
@@ -343,6 +361,12 @@ class Worker:
                         task_status.started(worker_id)
                         await self._drain_requested.wait()
                         await self._drain()
+                        # Every job ended or was abandoned (ignored cancellation): the
+                        # session may close now, though an abandoned task still holds
+                        # this nursery open until it ends (Trio cannot abandon a task).
+                        watchdog.cancel()
+                        self._cancel_new_jobs = True
+                        self._jobs_closed.set()
                 finally:
                     self._jobs_closed.set()
             if self._strict_drain and self._drain_error is not None:
@@ -398,6 +422,7 @@ class Worker:
             self._cancel_new_jobs = True  # a late assignment ends at once
             for ctx in list(self._jobs.values()):
                 ctx.shutdown("worker drain timeout")
+                self._arm_watchdog(ctx.job_id)
             await self._wait_idle()
 
     async def _wait_idle(self) -> None:
@@ -508,11 +533,13 @@ class Worker:
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(opts.connect_timeout):
-                    ws = await trio_websocket.connect_websocket_url(
+                    ws = await open_worker_socket(
                         io_nursery,
                         opts.agent_ws_url,
                         extra_headers=self._auth_headers(),
                         max_message_size=opts.max_message_size,
+                        send_timeout=opts.send_timeout,
+                        close_timeout=opts.close_timeout,
                     )
             except trio.TooSlowError:
                 raise ConnectError(
@@ -523,6 +550,7 @@ class Worker:
                 self._worker_id = worker_id
                 self._ws = ws
                 self._state.resync()
+                self._answers.clear()
                 self._last_status = None
                 nursery.start_soon(self._writer, ws)
                 nursery.start_soon(self._pinger, ws)
@@ -535,10 +563,12 @@ class Worker:
                     await self._reader(ws, nursery)
                 # Serving is over (jobs closed): report the last statuses, close cleanly.
                 await self._flush(ws)
-                await ws.aclose(1000, "worker stopped")
+                # The close (1000, bounded) happens below, once the writer, pinger and
+                # sampler are stopped: a send racing the close would end in an error.
                 nursery.cancel_scope.cancel()
             finally:
                 self._ws = None
+                self._answers.clear()
                 self._outbox_moved()
                 for job_id in self._state.connection_lost():
                     logger.debug("reservation for job %s released: connection lost", job_id)
@@ -549,20 +579,25 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     await self._close_on_exit(ws, cancelled=cancelled)
 
-    async def _close_on_exit(
-        self, ws: trio_websocket.WebSocketConnection, *, cancelled: bool
-    ) -> None:
-        """Shielded. When cancelled, first report the jobs' ends; then close."""
-        if ws.closed is not None:
-            return
-        if cancelled:
-            with trio.move_on_after(self._options.shutdown_grace):
-                await self._jobs_closed.wait()
-                await self._flush(ws)
-        with trio.move_on_after(1):
-            await ws.aclose(1000 if cancelled else 1001, "worker stopped" if cancelled else "")
+    async def _close_on_exit(self, ws: WorkerSocket, *, cancelled: bool) -> None:
+        """Shielded. When cancelled, first report the jobs' ends; then close (bounded)."""
+        if not ws.closed and cancelled:
+            # Jobs end, or are reported abandoned by the watchdog at shutdown_grace.
+            with trio.move_on_after(self._options.shutdown_grace + 0.5):
+                await self._wait_jobs_reported()
+                try:
+                    await self._flush(ws)
+                except SocketLost:
+                    pass
+        await ws.aclose(1000 if cancelled else 1001, "worker stopped" if cancelled else "")
 
-    async def _register(self, ws: trio_websocket.WebSocketConnection) -> str:
+    async def _wait_jobs_reported(self) -> None:
+        """Until every job has its final status queued (ended, or abandoned)."""
+        while self._state.running and not self._jobs_closed.is_set():
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+    async def _register(self, ws: WorkerSocket) -> str:
         opts = self._options
         await self._send(
             ws,
@@ -594,37 +629,33 @@ class Worker:
             f"the server did not confirm registration within {opts.register_timeout} s"
         )
 
-    async def _receive(
-        self, ws: trio_websocket.WebSocketConnection
-    ) -> agent_pb.ServerMessage | None:
+    async def _receive(self, ws: WorkerSocket) -> agent_pb.ServerMessage | None:
         """Next server message; None for a frame that could not be decoded (logged)."""
-        try:
-            data = await ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
-            code = reason.code if reason is not None else None
-            text = f": {reason.reason}" if reason is not None and reason.reason else ""
-            raise _ConnectionLost(f"server closed the connection (code {code}{text})") from None
+        data = await ws.get_message()  # SocketLost when closed
         self._resilience.received(len(data))
         try:
             message, _fmt = decode(data, agent_pb.ServerMessage)
         except ProtocolError as exc:
-            logger.warning("ignoring a frame from the server: %s", exc)
+            self._peer_log.log(
+                "bad frame", logging.WARNING, "ignoring a frame from the server: %s", exc
+            )
             return None
         if self._options.websocket_debug:
             ws_logger.debug("<- %s", _redacted(message))
         return message
 
-    async def _send(self, ws: trio_websocket.WebSocketConnection, message: Any) -> None:
+    async def _send(self, ws: WorkerSocket, message: Any) -> None:
+        """Send within ``send_timeout``; raises SocketLost (reconnect) otherwise."""
         if self._options.websocket_debug:
             ws_logger.debug("-> %s", _redacted(message))
         data = encode(message, self._options.wire_format)
         self._resilience.sent(len(data))
-        await ws.send_message(data)
+        await ws.send(data)
 
     # -- the reader: dispatching server messages ---------------------------------
 
-    async def _reader(self, ws: trio_websocket.WebSocketConnection, nursery: trio.Nursery) -> None:
+    async def _reader(self, ws: WorkerSocket, nursery: trio.Nursery) -> None:
+        """Dispatch server messages. Never sends: answers go to the writer's outbox."""
         timeout = self._options.ping_timeout
         while True:
             with trio.move_on_after(timeout) as idle:
@@ -635,7 +666,7 @@ class Worker:
                 continue
             kind = message.WhichOneof("message")
             if kind == "availability":
-                await self._on_availability(ws, nursery, message.availability)
+                self._on_availability(nursery, message.availability)
             elif kind == "assignment":
                 self._on_assignment(message.assignment)
             elif kind == "termination":
@@ -645,17 +676,28 @@ class Worker:
                 if sent is not None:
                     self._ping_rtt = trio.current_time() - sent
             elif kind == "register":
-                logger.warning("ignoring a second register response")
+                self._peer_log.log(
+                    "unexpected message", logging.WARNING, "ignoring a second register response"
+                )
             else:
-                logger.info("ignoring server message %r", kind)
+                self._peer_log.log(
+                    "unexpected message", logging.INFO, "ignoring server message %r", kind
+                )
 
-    async def _on_availability(
-        self,
-        ws: trio_websocket.WebSocketConnection,
-        nursery: trio.Nursery,
-        request: agent_pb.AvailabilityRequest,
+    def _on_availability(
+        self, nursery: trio.Nursery, request: agent_pb.AvailabilityRequest
     ) -> None:
         job = request.job
+        if not job.id:
+            # A job without an id cannot be assigned, reported or terminated.
+            self._declined += 1
+            self._peer_log.log(
+                "invalid request",
+                logging.WARNING,
+                "declining an availability request without a job id",
+            )
+            self._queue_availability(job.id, None)
+            return
         decline = self._state.request(job.id, trio.current_time())
         if decline is not Decline.DUPLICATE:
             self._observe(lambda o: o.job_requested(job))
@@ -665,8 +707,10 @@ class Worker:
                 self._state.rejected(job.id)
             self._declined += 1
             self._observe(lambda o: o.job_answered(job.id, False, refusal))
-            logger.info("declining job %s: %s", job.id, refusal)
-            await self._send_availability(ws, job.id, None)
+            self._peer_log.log(
+                "decline: refusal", logging.INFO, "declining job %s: %s", job.id, refusal
+            )
+            self._queue_availability(job.id, None)
             self._notify()
             return
         if decline is not None:
@@ -674,15 +718,20 @@ class Worker:
             if decline is not Decline.DUPLICATE:
                 reason = decline.value
                 self._observe(lambda o: o.job_answered(job.id, False, reason))
-            logger.info("declining job %s: %s", job.id, decline.value)
-            if decline is not Decline.DUPLICATE:
-                await self._send_availability(ws, job.id, None)
+            self._peer_log.log(
+                f"decline: {decline.value}",
+                logging.INFO,
+                "declining job %s: %s",
+                job.id,
+                decline.value,
+            )
+            # A duplicate is answered too (declined): the server waits for an answer
+            # per request; the job's own slot (if any) is left as it is.
+            self._queue_availability(job.id, None)
             return
         self._wake_expiry.set()
         if self._request_handler is None:
-            # Answer first: waking the writer before would put a status update
-            # ahead of the answer on the wire.
-            await self._answer(job, AcceptInfo(identity=f"agent-{job.id}"))
+            self._answer_nowait(job, AcceptInfo(identity=f"agent-{job.id}"))
         else:
             nursery.start_soon(self._handle_request, job)
         self._notify()
@@ -711,12 +760,19 @@ class Worker:
             logger.warning("request handler for job %s: %s; rejecting", job.id, why)
             request._answered = True
             with contextlib.suppress(WorkerNotConnectedError):
-                await self._answer(job, None)
+                self._answer_nowait(job, None)
 
     async def _answer(
         self, job: agent_pb.Job, accept: AcceptInfo | None, *, terminate: bool = False
     ) -> None:
-        """Send the AvailabilityResponse for a reserved job (from JobRequest or inline)."""
+        """Answer a reserved job's request (from JobRequest): queued for the writer."""
+        self._answer_nowait(job, accept, terminate=terminate)
+        await trio.lowlevel.checkpoint()
+
+    def _answer_nowait(
+        self, job: agent_pb.Job, accept: AcceptInfo | None, *, terminate: bool = False
+    ) -> None:
+        """Queue the AvailabilityResponse for a reserved job; the writer sends it."""
         state = self._state
         if accept is not None:
             try:
@@ -736,27 +792,19 @@ class Worker:
         self._observe(
             lambda o: o.job_answered(job.id, accept is not None, "" if accept else "rejected")
         )
-        ws = self._ws
-        if ws is None:
+        if self._ws is None:
             # The server forgot the request with the connection: nothing to send.
             raise WorkerNotConnectedError(
                 f"cannot answer job {job.id}: the connection it was offered on is gone"
             )
         if accept is not None:
             self._accepted[job.id] = accept
-        try:
-            await self._send_availability(ws, job.id, accept, terminate=terminate)
-        except trio_websocket.ConnectionClosed:
-            pass
+        self._queue_availability(job.id, accept, terminate=terminate)
 
-    async def _send_availability(
-        self,
-        ws: trio_websocket.WebSocketConnection,
-        job_id: str,
-        accept: AcceptInfo | None,
-        *,
-        terminate: bool = False,
+    def _queue_availability(
+        self, job_id: str, accept: AcceptInfo | None, *, terminate: bool = False
     ) -> None:
+        """Queue an answer for the writer, ahead of any status update (wire order)."""
         response = agent_pb.AvailabilityResponse(job_id=job_id, available=accept is not None)
         if accept is not None:
             response.participant_identity = accept.identity
@@ -765,14 +813,20 @@ class Worker:
             response.participant_attributes.update(accept.attributes)
         elif terminate:
             response.terminate = True
-        await self._send(ws, agent_pb.WorkerMessage(availability=response))
+        self._answers.append(response)
+        self._wake_writer.set()
 
     def _on_assignment(self, assignment: agent_pb.JobAssignment) -> None:
         job = assignment.job
+        if not job.id:
+            self._peer_log.log(
+                "invalid assignment", logging.WARNING, "ignoring an assignment without a job id"
+            )
+            return
         try:
             self._state.assign(job.id)
         except InvalidTransition as exc:
-            logger.warning("ignoring %s", exc)
+            self._peer_log.log("invalid assignment", logging.WARNING, "ignoring %s", exc)
             return
         self._observe(lambda o: o.job_assigned(job))
         accept = self._accepted.pop(job.id, None) or AcceptInfo(identity=f"agent-{job.id}")
@@ -792,6 +846,7 @@ class Worker:
         self._job_rooms[job.id] = job.room.name
         if self._cancel_new_jobs:
             ctx.shutdown("worker drain timeout")
+            self._arm_watchdog(job.id)
         self._started += 1
         self._resilience.job_assigned()
         self._jobs_nursery.start_soon(self._run_job, ctx, name=f"job {job.id}")
@@ -803,12 +858,15 @@ class Worker:
         except InvalidTransition as exc:
             # A job that has just ended is normal: the server saw its agent leave the
             # room before our final status arrived (the official worker ignores it too).
-            level = logging.DEBUG if self._state.has_ended(job_id) else logging.WARNING
-            logger.log(level, "ignoring %s", exc)
+            if self._state.has_ended(job_id):
+                logger.debug("ignoring %s", exc)
+            else:
+                self._peer_log.log("invalid termination", logging.WARNING, "ignoring %s", exc)
             return
         if running:
             logger.info("job %s terminated by the server", job_id)
             self._jobs[job_id].shutdown("terminated by the server")
+            self._arm_watchdog(job_id)
         else:
             self._accepted.pop(job_id, None)
             self._released(job_id, "terminated before assignment")
@@ -862,13 +920,10 @@ class Worker:
                     del self._jobs[job_id]
                     del self._job_rooms[job_id]
                     self._room_events_dropped += ctx._events_dropped
-                    update = self._state.finish(job_id, outcome, error)
-                    if outcome is Outcome.FAILED:
-                        self._failed += 1
-                    else:
-                        self._succeeded += 1
+                    update = self._finish(job_id, outcome, error)  # issue-10: None if abandoned
                     self._notify()
-                    await self._report_final(update)
+                    if update is not None:
+                        await self._report_final(update)
                     ctx._leave()
         finally:
             self._observe(lambda o: o.job_ended(ctx, outcome.value, error))
@@ -895,6 +950,91 @@ class Worker:
                 update.job_id,
                 self._options.shutdown_grace,
             )
+
+    def _finish(self, job_id: str, outcome: Outcome, error: str) -> JobUpdate | None:
+        """Record a job's end (its final status) unless the watchdog already did."""
+        if job_id in self._abandoned:
+            self._abandoned.discard(job_id)
+            logger.warning("job %s, reported failed for ignoring cancellation, ended", job_id)
+            return None
+        update = self._state.finish(job_id, outcome, error)
+        if outcome is Outcome.FAILED:
+            self._failed += 1
+        else:
+            self._succeeded += 1
+        return update
+
+    # -- jobs that ignore cancellation (issue-10) ----------------------------------------
+    #
+    # A job that catches trio.Cancelled without re-raising cannot be stopped: Trio
+    # has no way to kill or abandon a task. After shutdown_grace the watchdog
+    # reports such a job JS_FAILED "job ignored cancellation", frees its slot, logs
+    # where it is stuck and makes the worker unhealthy, so that the server, drain
+    # and shutdown all go on on schedule. The task itself keeps running and holds
+    # serve()'s job nursery open until it ends (docs/reliability.md).
+
+    def _arm_watchdog(self, job_id: str) -> None:
+        """*job_id* was asked to stop: it must end within ``shutdown_grace``."""
+        if self._process_pool is not None:
+            return  # per-job processes: the pool kills a process that does not stop
+        if job_id not in self._cancel_deadlines:
+            deadline = trio.current_time() + self._options.shutdown_grace
+            self._cancel_deadlines[job_id] = deadline
+            self._wake_watchdog.set()
+
+    async def _watchdog(self, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                while True:
+                    await self._watch_once()
+            except trio.Cancelled:
+                if not scope.cancel_called:
+                    # serve() is cancelled: every job is being cancelled now.
+                    with trio.CancelScope(shield=True):
+                        for job_id in list(self._jobs):
+                            self._arm_watchdog(job_id)
+                        while any(job_id in self._jobs for job_id in self._cancel_deadlines):
+                            await self._watch_once()
+                raise
+
+    async def _watch_once(self) -> None:
+        deadline = min(self._cancel_deadlines.values(), default=math.inf)
+        with trio.move_on_at(deadline):
+            await self._wake_watchdog.wait()
+        self._wake_watchdog = trio.Event()
+        now = trio.current_time()
+        for job_id, deadline in list(self._cancel_deadlines.items()):
+            if job_id not in self._jobs or job_id in self._abandoned:
+                del self._cancel_deadlines[job_id]
+            elif deadline <= now:
+                del self._cancel_deadlines[job_id]
+                self._abandon(job_id)
+
+    def _abandon(self, job_id: str) -> None:
+        self._abandoned.add(job_id)
+        logger.error(
+            "job %s ignored cancellation for %.1f s (shutdown_grace): reported failed;"
+            " its task is still running, at %s. Code that catches trio.Cancelled must"
+            " re-raise it.",
+            job_id,
+            self._options.shutdown_grace,
+            self._job_location(job_id),
+        )
+        self._state.finish(job_id, Outcome.FAILED, "job ignored cancellation")
+        self._failed += 1
+        self._notify()
+
+    def _job_location(self, job_id: str) -> str:
+        """Where the job's task is suspended (innermost frame), for the log."""
+        for task in self._jobs_nursery.child_tasks:
+            if task.name == f"job {job_id}":
+                where = "?"
+                for frame, lineno in task.iter_await_frames():
+                    path = frame.f_code.co_filename
+                    if f"{os.sep}trio{os.sep}" not in path:  # the innermost frame not in Trio
+                        where = f"{path}:{lineno} in {frame.f_code.co_name}"
+                return where
+        return "?"
 
     # -- observers --------------------------------------------------------------------
 
@@ -962,17 +1102,23 @@ class Worker:
         """Job state changed: wake the writer (something to send) and drain waiters."""
         self._wake_writer.set()
         self._changed.set()
+        self._wake_watchdog.set()
 
-    async def _writer(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _writer(self, ws: WorkerSocket) -> None:
         while True:
             await self._flush(ws)
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
 
-    async def _flush(self, ws: trio_websocket.WebSocketConnection) -> None:
-        """Send queued job updates in order, then the worker status if it changed."""
+    async def _flush(self, ws: WorkerSocket) -> None:
+        """Send queued answers, then job updates in order, then the worker status."""
         state = self._state
         async with self._flush_lock:
+            while self._answers:
+                answer = self._answers[0]
+                await self._send(ws, agent_pb.WorkerMessage(availability=answer))
+                if self._answers and self._answers[0] is answer:
+                    self._answers.popleft()
             while (update := state.peek_update()) is not None:
                 await self._send(ws, agent_pb.WorkerMessage(update_job=update.to_proto()))
                 state.pop_update()
@@ -984,9 +1130,7 @@ class Worker:
         self._outbox_progress.set()
         self._outbox_progress = trio.Event()
 
-    async def _send_status(
-        self, ws: trio_websocket.WebSocketConnection, *, force: bool = False
-    ) -> None:
+    async def _send_status(self, ws: WorkerSocket, *, force: bool = False) -> None:
         state = self._state
         current = (state.worker_status, round(state.load, 4), state.running + state.reserved)
         if current == self._last_status and not force:
@@ -1001,7 +1145,7 @@ class Worker:
             ),
         )
 
-    async def _pinger(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _pinger(self, ws: WorkerSocket) -> None:
         while True:
             timestamp = int(time.time() * 1000)
             self._pings = {timestamp: trio.current_time()}

@@ -24,9 +24,18 @@ Where the dev server keeps more *records* than Go (it never sends differently):
   left the room" -- at once and ignores the worker's later report); if the worker
   disconnects first, Go's outcome is recorded;
 - a job whose worker disconnected keeps its state, as in Go, and loses its worker:
-  it can no longer be terminated. Status reports for it from a re-registered
-  connection of the same worker group are recorded (Go ignores them as "unknown
-  job"); they do not re-attach the job.
+  it can no longer be terminated, and no other connection may report its status.
+  Go's ``Worker.UpdateJobStatus`` only takes updates for the connection's own
+  ``runningJobs`` ("received job update for unknown job" otherwise), so a worker
+  that reconnects cannot finish a job it started on its previous connection, and
+  another worker of the same group cannot "hijack" it. Such reports are ignored
+  as in Go and kept in ``ServerJob.ignored_updates`` for inspection.
+
+Where the dev server keeps fewer records than it would by default: ended jobs and
+disconnected workers are kept up to ``retain_ended`` (count) and
+``retain_ended_for`` (age) each, and ``SimulateJobRequest`` is rate-limited per
+worker (``simulate_job_rate``), so a long run or a flood cannot grow memory
+without bound.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from livekit.protocol import agent as agent_pb
 from livekit.protocol import models as models_pb
 
 from .._exceptions import ProtocolError
+from .._logratelimit import LogLimiter
 from .._protocol import WireFormat, decode, encode, message_kind
 from . import _dispatch as rules
 from ._auth import Grants
@@ -135,6 +145,8 @@ class ServerJob:
         self.token: str | None = None
         self.updates: list[tuple[str, agent_pb.UpdateJobStatus]] = []
         self.late_updates: list[tuple[str, agent_pb.UpdateJobStatus]] = []
+        #: Reports from a connection that does not hold the job (ignored, as Go does).
+        self.ignored_updates: list[tuple[str, agent_pb.UpdateJobStatus]] = []
         self.termination: Termination | None = None
         self.launched = False
         self.simulated = simulated
@@ -298,8 +310,7 @@ class ServerWorker:
         close_reason: The reason sent with it.
         pings: ``WorkerPing`` received.
         pongs: ``WorkerPong`` sent.
-        running_job_ids: Jobs running on this connection (assigned and not ended,
-            plus jobs this connection reported as running after a reconnect).
+        running_job_ids: Jobs running on this connection (assigned and not ended).
         job_ids: Every job assigned to this connection, in order.
         received: The last :data:`RECEIVED_LOG_SIZE` messages it sent.
     """
@@ -334,6 +345,10 @@ class ServerWorker:
             maxlen=RECEIVED_LOG_SIZE
         )
         self.registered_at = trio.current_time()
+        #: Wall-clock ns of the disconnection (for record retention), 0 while connected.
+        self.disconnected_at = 0
+        # SimulateJobRequest token bucket: (tokens, last refill time).
+        self._simulate_budget = (0.0, -math.inf)
 
     @property
     def agent_name(self) -> str:
@@ -424,6 +439,8 @@ class AgentService:
         self._job_to_worker: dict[str, ServerWorker] = {}
         self._connections: set[_Connection] = set()
         self._closing: tuple[int, str] | None = None
+        self._log = LogLimiter(logger, clock=trio.current_time)
+        self._prune_calls = 0
 
     def set_listener(self, listener: JobListener) -> None:
         """Tell *listener* about every launched job."""
@@ -560,6 +577,7 @@ class AgentService:
     def _deregister(self, worker: ServerWorker) -> None:
         """``AgentHandler.deregisterWorker`` + ``Worker.Close``."""
         worker.connected = False
+        worker.disconnected_at = _now_ns()
         group = self._groups.get(worker.key, [])
         if worker in group:
             group.remove(worker)
@@ -577,6 +595,7 @@ class AgentService:
                 job._set_status(status, error=error, now_ns=now)
             # Otherwise Go keeps the job's last state; it has no worker any more.
         logger.info("worker deregistered: %s", worker.worker_id)
+        self._prune_records()
         self._changes.notify()
 
     async def _read_loop(self, worker: ServerWorker) -> None:
@@ -652,36 +671,50 @@ class AgentService:
 
     def _on_update_job(self, worker: ServerWorker, update: agent_pb.UpdateJobStatus) -> None:
         job = self.jobs.get(update.job_id)
-        if job is None or job.ended or not self._may_report(worker, job):
+        if job is None or job.ended or job.id not in worker.running_job_ids:
+            # Go's Worker.UpdateJobStatus: only the connection running the job
+            # may report it ("received job update for unknown job").
             self._counters.ignored_messages += 1
-            if job is not None and job.ended:
-                job.late_updates.append((worker.worker_id, update))
+            if job is not None:
+                (job.late_updates if job.ended else job.ignored_updates).append(
+                    (worker.worker_id, update)
+                )
                 self._changes.notify()
-            logger.debug("received job update for unknown job %s", update.job_id)
+            self._log.log(
+                "unknown job update",
+                logging.DEBUG,
+                "received job update for unknown job %s from %s",
+                update.job_id,
+                worker.worker_id,
+            )
             return
         if rules.apply_job_update(job.job.state, update, _now_ns()):
             worker.running_job_ids.discard(job.id)
             self._job_to_worker.pop(job.id, None)
-        else:
-            worker.running_job_ids.add(job.id)
         job._note_status()
         job.updates.append((worker.worker_id, update))
         self._changes.notify()
 
-    def _may_report(self, worker: ServerWorker, job: ServerJob) -> bool:
-        if job.id in worker.running_job_ids:
-            return True
-        # A job whose worker is gone, reported by a connection of the same group
-        # (the worker reconnected): recorded, not re-attached (see the module doc).
-        owner = self.workers.get(job.worker_id)
-        return (
-            job.launched
-            and (owner is None or not owner.connected)
-            and rules.WorkerKey.of_job(job.job) == worker.key
-        )
-
     def _on_simulate_job(self, worker: ServerWorker, request: agent_pb.SimulateJobRequest) -> None:
-        """``Worker.HandleSimulateJob``: offer a test job to this worker only."""
+        """``Worker.HandleSimulateJob``: offer a test job to this worker only (rate-limited)."""
+        config = self._config
+        now = trio.current_time()
+        tokens, last = worker._simulate_budget
+        tokens = min(
+            float(config.simulate_job_burst), tokens + (now - last) * config.simulate_job_rate
+        )
+        if tokens < 1:
+            worker._simulate_budget = (tokens, now)
+            self._counters.ignored_messages += 1
+            self._log.log(
+                "simulate_job rate",
+                logging.WARNING,
+                "ignoring simulate_job from %s: over %g per second",
+                worker.worker_id,
+                config.simulate_job_rate,
+            )
+            return
+        worker._simulate_budget = (tokens - 1, now)
         job = agent_pb.Job(
             id=new_guid(AGENT_JOB_PREFIX),
             type=agent_pb.JT_PUBLISHER if request.HasField("participant") else agent_pb.JT_ROOM,
@@ -720,10 +753,42 @@ class AgentService:
         return list(self._groups.get(key, ()))
 
     def _add_job(self, job: agent_pb.Job, *, simulated: bool = False) -> ServerJob:
+        self._prune_records()
         server_job = ServerJob(job, simulated=simulated)
         self.jobs[job.id] = server_job
         self._changes.notify()
         return server_job
+
+    def _prune_records(self) -> None:
+        """Forget the oldest ended jobs and disconnected workers beyond the retention."""
+        config = self._config
+        limit, age = config.retain_ended, config.retain_ended_for
+        if limit is None and age is None:
+            return
+        # Amortized: one pass per `step` calls, so records exceed the limit by < step.
+        self._prune_calls += 1
+        if self._prune_calls < max(1, (limit if limit is not None else 1000) // 10):
+            return
+        self._prune_calls = 0
+        cutoff = _now_ns() - int(age * 1e9) if age is not None else None
+        ended = [job for job in self.jobs.values() if job.ended]
+        drop = ended[: max(0, len(ended) - limit)] if limit is not None else []
+        if cutoff is not None:
+            drop += [job for job in ended[len(drop) :] if 0 < job.job.state.ended_at < cutoff]
+        owners = set()
+        for job in drop:
+            del self.jobs[job.id]
+            owners.add(job.worker_id)
+        gone = [w for w in self.workers.values() if not w.connected]
+        drop_workers = gone[: max(0, len(gone) - limit)] if limit is not None else []
+        if cutoff is not None:
+            drop_workers += [w for w in gone[len(drop_workers) :] if 0 < w.disconnected_at < cutoff]
+        for worker in drop_workers:
+            del self.workers[worker.worker_id]
+        for worker_id in owners:
+            owner = self.workers.get(worker_id)
+            if owner is not None:
+                owner.job_ids = [job_id for job_id in owner.job_ids if job_id in self.jobs]
 
     def launch_jobs(self, request: rules.JobRequest) -> list[ServerJob]:
         """Request one job per namespace for *request* (``agentClient.LaunchJob``).

@@ -158,7 +158,10 @@ class DevServerApp:
             return
         await transport.accept()
         self._counters.upgrades_accepted += 1
-        await self._agents.serve_connection(transport, grants)
+        try:
+            await self._agents.serve_connection(transport, grants)
+        finally:
+            await transport.release()
 
     async def _serve_rtc(
         self,
@@ -176,4 +179,7 @@ class DevServerApp:
         assert grants is not None
         await transport.accept()
         self._counters.upgrades_accepted += 1
-        await rtc.serve_connection(transport, grants, join, dual=dual)
+        try:
+            await rtc.serve_connection(transport, grants, join, dual=dual)
+        finally:
+            await transport.release()

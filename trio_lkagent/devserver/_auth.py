@@ -98,7 +98,134 @@ def authenticate(
         raise AuthFailure(ERR_INVALID_API_KEY)
     try:
         with quiet_short_keys():
+            # The signature first (as Go's Claims() does), then the claims' types.
+            jwt.decode(
+                token,
+                secret,
+                algorithms=["HS256"],
+                options={"verify_exp": False, "verify_nbf": False, "verify_aud": False},
+            )
+            check_claim_types(unverified)
+            if any(unverified.get(name, 0) is None for name in _SUB_GRANTS):
+                # Go reads ``"video": null`` as no video grant (a nil pointer); the
+                # SDK's verifier would crash on it: verify the token with them removed.
+                normalized = {k: v for k, v in unverified.items() if v is not None}
+                token = jwt.encode(normalized, secret, algorithm="HS256")
             claims = lkapi.TokenVerifier(api_key, secret).verify(token)
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
         raise AuthFailure(f"{ERR_INVALID_TOKEN}: {exc}") from None
     return Grants(api_key=api_key, claims=claims)
+
+
+# -- claim types, as Go's encoding/json decodes ClaimGrants (livekit/protocol auth) ----
+#
+# Go decodes the token's JSON into typed structs: a grant given as "false" (a
+# string) or a ``video`` given as a list is a decoding error, so the token is
+# refused. Python's truthiness would read "false" as granted; this check keeps
+# the dev server's answers the Go server's. ``null`` is allowed everywhere (Go
+# leaves the zero value), unknown fields are ignored (as Go does).
+
+_BOOL, _STR, _STRS, _STRMAP, _NUM = "bool", "string", "[]string", "map[string]string", "number"
+
+_VIDEO_GRANT: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "roomCreate",
+            "roomList",
+            "roomRecord",
+            "roomAdmin",
+            "roomJoin",
+            "canPublish",
+            "canSubscribe",
+            "canPublishData",
+            "canUpdateOwnMetadata",
+            "ingressAdmin",
+            "hidden",
+            "recorder",
+            "agent",
+            "canSubscribeMetrics",
+        ),
+        _BOOL,
+    ),
+    "room": _STR,
+    "destinationRoom": _STR,
+    "canPublishSources": _STRS,
+}
+_SUB_GRANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "video": ("VideoGrant", _VIDEO_GRANT),
+    "sip": ("SIPGrant", {"admin": _BOOL, "call": _BOOL}),
+    "agent": ("AgentGrant", {"admin": _BOOL}),
+}
+_CLAIM_GRANTS: dict[str, str] = {
+    "name": _STR,
+    "kind": _STR,
+    "metadata": _STR,
+    "sha256": _STR,
+    "roomPreset": _STR,
+    "attributes": _STRMAP,
+    "sub": _STR,
+    "iss": _STR,
+    "jti": _STR,
+    "exp": _NUM,
+    "nbf": _NUM,
+    "iat": _NUM,
+}
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _type_ok(value: object, go_type: str) -> bool:
+    if value is None:
+        return True
+    if go_type == _BOOL:
+        return isinstance(value, bool)
+    if go_type == _STR:
+        return isinstance(value, str)
+    if go_type == _NUM:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if go_type == _STRS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if go_type == _STRMAP:
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    raise AssertionError(go_type)
+
+
+def _mismatch(value: object, struct: str, path: str, go_type: str) -> ValueError:
+    return ValueError(
+        f"json: cannot unmarshal {_json_kind(value)} into Go struct field"
+        f" {struct}.{path} of type {go_type}"
+    )
+
+
+def check_claim_types(payload: object) -> None:
+    """Refuse claims Go's JSON decoding of ``ClaimGrants`` would refuse.
+
+    Raises:
+        ValueError: with Go's ``json: cannot unmarshal ...`` text.
+    """
+    if not isinstance(payload, dict):
+        raise ValueError(f"json: cannot unmarshal {_json_kind(payload)} into Go value")  # noqa: TRY004 - caught with the decoding errors
+    for name, go_type in _CLAIM_GRANTS.items():
+        value = payload.get(name)
+        if not _type_ok(value, go_type):
+            raise _mismatch(value, "ClaimGrants", name, go_type)
+    for name, (struct, fields) in _SUB_GRANTS.items():
+        grant = payload.get(name)
+        if grant is None:
+            continue
+        if not isinstance(grant, dict):
+            raise _mismatch(grant, "ClaimGrants", name, f"auth.{struct}")
+        for field, go_type in fields.items():
+            value = grant.get(field)
+            if not _type_ok(value, go_type):
+                raise _mismatch(value, struct, f"{name}.{field}", go_type)

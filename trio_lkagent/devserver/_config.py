@@ -65,6 +65,15 @@ class DevServerConfig:
             still open after it are cut.
         region: ``ServerInfo.region`` sent to workers.
         node_id: ``ServerInfo.node_id``; generated when empty.
+        retain_ended: How many ended jobs, and how many disconnected workers, the
+            server keeps as records (``server.jobs``, ``server.workers``); the
+            oldest go first. None keeps everything (tests that inspect history).
+        retain_ended_for: Seconds an ended job or a disconnected worker is kept at
+            most. None: no age limit.
+        simulate_job_rate: ``SimulateJobRequest`` a worker may send per second
+            (the Go server has no limit; a flood would grow the records without
+            bound). Requests over the rate are ignored and counted.
+        simulate_job_burst: How many may come at once before the rate applies.
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +91,11 @@ class DevServerConfig:
     shutdown_timeout: float = attrs.field(default=2.0, validator=_positive)
     region: str = ""
     node_id: str = ""
+    # -- bounded records (issue-10) --
+    retain_ended: int | None = 1000
+    retain_ended_for: float | None = attrs.field(default=3600.0, validator=_positive_or_none)
+    simulate_job_rate: float = attrs.field(default=5.0, validator=_positive)
+    simulate_job_burst: int = 20
 
     @port.validator
     def _check_port(self, attribute: attrs.Attribute[int], value: int) -> None:

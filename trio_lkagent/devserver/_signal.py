@@ -31,6 +31,7 @@ import binascii
 import gzip
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -95,7 +96,8 @@ def parse_join_request(value: str | None) -> rtc_pb.JoinRequest:
             raw = gzip.decompress(raw)
         join = rtc_pb.JoinRequest()
         join.ParseFromString(raw)
-    except (binascii.Error, DecodeError, OSError, EOFError) as exc:
+    except (binascii.Error, DecodeError, OSError, EOFError, zlib.error) as exc:
+        # zlib.error: a corrupt gzip body (truncated or bad deflate data).
         raise AuthFailure(f"invalid join_request: {exc}", 400) from None
     return join
 

@@ -244,12 +244,33 @@ class WebSocketTransport:
         connection.events = observed
 
     def _socket(self) -> socket.socket | trio.socket.SocketType | None:
+        stream = self._stream()
+        return stream.socket if stream is not None else None
+
+    def _stream(self) -> trio.SocketStream | None:
         try:
             h11_protocol = self._ws_stream().send.__self__
             tcp_server = h11_protocol.send.__self__
             stream = tcp_server.stream
         except AttributeError:
             return None
-        if isinstance(stream, trio.SocketStream):
-            return stream.socket
-        return None
+        return stream if isinstance(stream, trio.SocketStream) else None
+
+    async def release(self) -> None:
+        """The application is done with this WebSocket: close its TCP socket now.
+
+        hypercorn keeps a connection's socket until every task of the connection
+        ended, including its WebSocket ping task, which only notices at its next
+        ping (up to ``ws_ping_interval`` later): a dropped client's socket would
+        sit there meanwhile. Closing the stream (hypercorn tolerates it: its reader
+        and sender treat a closed stream as the end) frees it at once.
+        """
+        stream = self._stream()
+        if stream is None:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
