@@ -8,9 +8,7 @@ own event code runs and our dispatcher sees exactly what it would see in a real 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import logging
-import pathlib
 import typing
 from collections.abc import AsyncIterator
 from typing import Any
@@ -651,64 +649,6 @@ async def test_cancelling_the_block_closes_the_room() -> None:
     assert scope.cancelled_caught
     with pytest.raises(trio.EndOfChannel):
         events.receive_nowait()
-
-
-# ------------------------------------------------------------------ the analytics example
-
-
-def _load_example(name: str) -> typing.Any:
-    path = pathlib.Path(__file__).parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-async def test_room_analytics_example_records_the_room(room: Room) -> None:
-    example = _load_example("room_analytics")
-    analytics = example.AnalyticsCollector()
-    session = analytics.create_session("r", "AJ_1")
-    payload = ctypes.create_string_buffer(b'{"hello": 1}', 12)
-    await feed(room, joined("alice"), published("alice", "TR_a"))  # before we watch
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(example.monitor_room, room, session)
-        await trio.testing.wait_all_tasks_blocked()
-        assert session.stats().participants == 1
-        assert session.stats().tracks == 1
-        await feed(
-            room,
-            joined("bob"),
-            published("bob", "TR_b", VIDEO),
-            data_packet("bob", payload, ""),
-            room_pb.RoomEvent(
-                connection_quality_changed=room_pb.ConnectionQualityChanged(
-                    participant_identity="bob", quality=room_pb.QUALITY_POOR
-                )
-            ),
-            room_pb.RoomEvent(room_metadata_changed=room_pb.RoomMetadataChanged(metadata="m")),
-            room_pb.RoomEvent(
-                track_unpublished=room_pb.TrackUnpublished(
-                    participant_identity="alice", publication_sid="TR_a"
-                )
-            ),
-            left("alice"),
-            room_pb.RoomEvent(
-                disconnected=room_pb.Disconnected(reason=participant_pb.ROOM_DELETED)
-            ),
-        )
-    stats = session.stats()  # monitor_room returned at Disconnected: bob is still in
-    assert (stats.participants, stats.tracks, stats.data_messages) == (1, 1, 1)
-    session.end()
-    assert session.participants["PA_bob"].connection_quality == "poor"
-    assert session.participants["PA_alice"].left_at is not None
-    assert session.metadata == "m"
-    assert analytics.summary()[:4] == [
-        "Total rooms monitored: 1",
-        "Total participants: 0",
-        "Total tracks: 1",
-        "Total data messages: 1",
-    ]
 
 
 async def test_an_unconnected_room_has_no_local_participant() -> None:

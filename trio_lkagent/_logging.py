@@ -12,11 +12,13 @@ job to another.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Protocol, TextIO
 
 __all__ = [
@@ -60,6 +62,42 @@ def bind_job(job_id: str, room: str, worker_id: str) -> None:
     Not undone: the task is the job's for its whole life.
     """
     _job.set((job_id, room, worker_id))
+
+
+#: Job id -> how many of the SDK's own shielded cleanups run in that job's tasks now.
+_cleanups: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def sdk_cleanup() -> Iterator[None]:
+    """Mark a shielded, bounded cleanup of the SDK's own (unpublish, stream close, leave).
+
+    A job asked to stop runs these under shielded cancel scopes, each bounded by
+    its own deadline; a few in a row on a struggling native client can take
+    longer than ``shutdown_grace``. The worker's watchdog, which reports a job
+    that ignores cancellation, gives a job more time (bounded) while one of these
+    is under way in its tasks instead of mistaking it for code that swallowed
+    ``trio.Cancelled``.
+    """
+    job = _job.get()
+    if job is None:
+        yield
+        return
+    job_id = job[0]
+    _cleanups[job_id] = _cleanups.get(job_id, 0) + 1
+    try:
+        yield
+    finally:
+        left = _cleanups[job_id] - 1
+        if left:
+            _cleanups[job_id] = left
+        else:
+            del _cleanups[job_id]
+
+
+def in_sdk_cleanup(job_id: str) -> bool:
+    """True while a :func:`sdk_cleanup` block runs in one of *job_id*'s tasks."""
+    return job_id in _cleanups
 
 
 def current_context() -> dict[str, str]:

@@ -44,6 +44,7 @@ from ._events import (
     TrackPublished,
 )
 from ._exceptions import ConnectError
+from ._logging import sdk_cleanup
 from ._publish import publish_options
 from ._tracks import (
     AudioOutput,
@@ -569,7 +570,7 @@ class Room:
         self._closed = True
         settle = self._last_unpublish + UNPUBLISH_SETTLE
         if settle > trio.current_time() and self._rtc.isconnected():
-            with trio.CancelScope(shield=True):
+            with sdk_cleanup(), trio.CancelScope(shield=True):
                 await trio.sleep_until(settle)
         await close_native(
             self._bridge, self._rtc.disconnect, unregister=self._unregister_cleanup, what="a room"
@@ -779,7 +780,11 @@ class Room:
             yield receive
         finally:
             send.close()
-            with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
+            with (
+                sdk_cleanup(),
+                trio.CancelScope(shield=True),
+                trio.move_on_after(DISCONNECT_TIMEOUT),
+            ):
                 try:
                     await bridge.call(unregister, topic)
                 except trio.ClosedResourceError:
@@ -980,7 +985,11 @@ class Room:
     async def _unpublish(self, publication: rtc.LocalTrackPublication) -> None:
         if self._closed or not self._rtc.isconnected():
             return  # disconnecting unpublished everything
-        with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
+        with (
+            sdk_cleanup(),
+            trio.CancelScope(shield=True),
+            trio.move_on_after(DISCONNECT_TIMEOUT),
+        ):
             try:
                 await self._bridge.run(self.local_participant.unpublish_track, publication.sid)
             except Exception:

@@ -43,6 +43,7 @@ from livekit.rtc._proto import audio_frame_pb2 as audio_pb
 from livekit.rtc._proto import ffi_pb2 as ffi_pb
 
 from ._bridge import AsyncioBridge, Handoff, open_bridge
+from ._logging import sdk_cleanup
 from ._media import (
     AudioFrame,
     VideoFormat,
@@ -172,7 +173,11 @@ async def close_native(
     what: str,
 ) -> None:
     """Run a native close on the loop, shielded and bounded; unregister its safety net if done."""
-    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as scope:
+    with (
+        sdk_cleanup(),
+        trio.CancelScope(shield=True),
+        trio.move_on_after(CLOSE_TIMEOUT) as scope,
+    ):
         try:
             await bridge.run(async_fn, *args)
         except trio.ClosedResourceError:

@@ -50,7 +50,7 @@ from ._exceptions import (
 )
 from ._job import AcceptInfo, JobContext, JobRequest
 from ._jobstate import Decline, InvalidTransition, JobStateMachine, JobUpdate, Outcome
-from ._logging import WS_LOGGER, bind_job, bind_worker, unbind_worker
+from ._logging import WS_LOGGER, bind_job, bind_worker, in_sdk_cleanup, unbind_worker
 from ._logratelimit import LogLimiter
 from ._options import JobExecutor, WorkerOptions
 from ._protocol import decode, encode, message_kind
@@ -70,6 +70,11 @@ if TYPE_CHECKING:
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
 logger = logging.getLogger("trio_lkagent.worker")
+
+#: How much longer than ``shutdown_grace`` a cancelled job may take while it is in
+#: the SDK's own shielded, bounded cleanups (unpublish 3 s, each native close 2 s)
+#: before the watchdog reports it as ignoring cancellation.
+SDK_CLEANUP_ALLOWANCE = 10.0
 ws_logger = logging.getLogger(WS_LOGGER)
 
 #: ``async def entrypoint(ctx: JobContext) -> None``: one call per job.
@@ -217,6 +222,8 @@ class Worker:
         # Jobs reported failed because they ignored cancellation past the grace.
         self._abandoned: set[str] = set()
         self._cancel_deadlines: dict[str, float] = {}
+        #: Job id -> the latest its watchdog waits for the SDK's own cleanups.
+        self._cleanup_caps: dict[str, float] = {}
         self._wake_watchdog = trio.Event()
         self._jobs: dict[str, JobContext] = {}
         self._job_rooms: dict[str, str] = {}
@@ -992,6 +999,7 @@ class Worker:
         if job_id not in self._cancel_deadlines:
             deadline = trio.current_time() + self._options.shutdown_grace
             self._cancel_deadlines[job_id] = deadline
+            self._cleanup_caps[job_id] = deadline + SDK_CLEANUP_ALLOWANCE
             self._wake_watchdog.set()
 
     async def _watchdog(self, scope: trio.CancelScope) -> None:
@@ -1018,8 +1026,16 @@ class Worker:
         for job_id, deadline in list(self._cancel_deadlines.items()):
             if job_id not in self._jobs or job_id in self._abandoned:
                 del self._cancel_deadlines[job_id]
-            elif deadline <= now:
+                self._cleanup_caps.pop(job_id, None)
+            elif deadline > now:
+                pass
+            elif in_sdk_cleanup(job_id) and now < self._cleanup_caps[job_id]:
+                # The job is in the SDK's own shielded, bounded cleanup (unpublish,
+                # stream closes), not swallowing Cancelled: look again shortly.
+                self._cancel_deadlines[job_id] = min(now + 0.25, self._cleanup_caps[job_id])
+            else:
                 del self._cancel_deadlines[job_id]
+                del self._cleanup_caps[job_id]
                 self._abandon(job_id)
 
     def _abandon(self, job_id: str) -> None:

@@ -13,6 +13,7 @@ from livekit.protocol import agent as agent_pb
 
 from trio_lkagent import JobContext, Worker
 from trio_lkagent._health import health_report
+from trio_lkagent._logging import sdk_cleanup
 from trio_lkagent.devserver import DevServer
 
 from ..conftest import worker_options
@@ -149,3 +150,33 @@ async def test_oversize_frame_closes_the_socket(
 
 async def _noop(ctx: JobContext) -> None:
     pass
+
+
+async def test_a_job_in_the_sdks_own_cleanup_is_not_taken_for_a_stuck_one(
+    server: DevServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Cancelled, the job re-raises at once but first runs the SDK's shielded,
+    # bounded cleanups (an unpublish, stream closes: up to a few seconds each on a
+    # struggling native client), longer than shutdown_grace in all. That is not
+    # ignoring cancellation: the job ends as terminated, the worker stays healthy.
+    async def entrypoint(ctx: JobContext) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            for _ in range(3):  # three closes of 2 s each, as in ctx.connect's teardown
+                with sdk_cleanup(), trio.CancelScope(shield=True):
+                    await trio.sleep(2)
+
+    worker = Worker(entrypoint, worker_options(server, shutdown_grace=2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.serve)
+        await server.create_dispatch(room="r1", agent_name="test-agent")
+        job = await server.wait_for_job(room="r1", status=agent_pb.JS_RUNNING)
+        t0 = trio.current_time()
+        await server.terminate_job(job.job.id)
+        await _eventually(lambda: worker.statistics().running_jobs == 0)
+        assert 6 <= trio.current_time() - t0 < 7
+        stats = worker.statistics()
+        assert stats.stuck_jobs == 0 and stats.jobs_failed == 0 and stats.jobs_succeeded == 1
+        assert health_report(worker)[0] is True
+        nursery.cancel_scope.cancel()
