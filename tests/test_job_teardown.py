@@ -75,7 +75,7 @@ async def serving(
     """A serving worker, and an event set when its (first) job is done."""
     worker = Worker(entrypoint, worker_options(server, **options))
     ended = Ended()
-    worker._add_observer(ended)
+    worker.add_observer(ended)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         yield worker, ended.event

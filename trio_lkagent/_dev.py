@@ -277,7 +277,7 @@ async def _session(
     """Create the room, join it, run the activity until *stop*, the duration or
     every job ended; end the jobs."""
     watcher = _JobWatcher()
-    worker._add_observer(watcher)
+    worker.add_observer(watcher)
     agent_name = worker.options.agent_name
     if agent_name or dev.metadata:
         agents = [dispatch_pb.RoomAgentDispatch(agent_name=agent_name, metadata=dev.metadata)]

@@ -149,7 +149,7 @@ async def run_dev_remote(
     if dev.job_type is not None:
         worker = worker.with_options(job_type=JobType[dev.job_type.upper()])
     jobs = _Jobs(dev.room)
-    worker._add_observer(jobs)
+    worker.add_observer(jobs)
     stop = trio.Event()
     say(f"using the LiveKit server at {url} (api key {config.api_key!r})")
     async with trio.open_nursery() as nursery:
