@@ -26,6 +26,7 @@ from ._room import AutoSubscribe, Room, open_room
 from ._service import Say, start_health
 from ._telemetry import WorkerObserver
 from ._worker import Worker
+from .devserver._auth import participant_access_token
 from .testing._kit import ParticipantFactory
 from .testing._scenario import DevScenario
 
@@ -47,17 +48,7 @@ class RemoteServer:
 
     def create_participant_token(self, room: str, identity: str, **fields: Any) -> str:
         """A join token for *room*, signed here with the API key."""
-        token = (
-            lkapi.AccessToken(self.api_key, self.api_secret)
-            .with_identity(identity)
-            .with_name(fields.get("name", ""))
-            .with_metadata(fields.get("metadata", ""))
-            .with_grants(lkapi.VideoGrants(room_join=True, room=room))
-        )
-        if fields.get("attributes"):
-            token = token.with_attributes(dict(fields["attributes"]))
-        if fields.get("kind") is not None:
-            token = token.with_kind(fields["kind"])
+        token = participant_access_token(self.api_key, self.api_secret, room, identity, **fields)
         with dev_keys_quiet(self.api_secret):
             return token.to_jwt()
 
