@@ -28,3 +28,19 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 worker = Worker(entrypoint, WorkerOptions(agent_name="cli-worker"))
+
+
+async def stubborn(ctx: JobContext) -> None:
+    """A broken job: it swallows every cancellation and never ends."""
+    print(f"job {ctx.job_id} started in room {ctx.room_name}", flush=True)
+    while True:
+        try:
+            await trio.sleep(0.05)
+        except trio.Cancelled:  # the bug under test: never do this
+            pass
+
+
+#: ``trio-lkagent start tests/cli_agent.py:stubborn_worker``: drain and grace short.
+stubborn_worker = Worker(
+    stubborn, WorkerOptions(agent_name="cli-stubborn", drain_timeout=1.0, shutdown_grace=1.0)
+)

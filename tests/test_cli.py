@@ -235,6 +235,45 @@ async def test_start_serves_health_and_drains_on_sigterm(server: DevServer, tmp_
     assert "Traceback" not in cli.stderr
 
 
+@pytest.mark.parametrize("signals", [1, 2], ids=["drain", "cancel"])
+async def test_start_exits_on_schedule_despite_a_job_that_ignores_cancellation(
+    server: DevServer, tmp_path: Path, signals: int
+) -> None:
+    # stubborn_worker: drain_timeout 1 s, shutdown_grace 1 s; its job never ends.
+    env = server_env(server, LIVEKIT_HEALTH_PORT="off")
+    async with run_cli(["start", f"{AGENT}:stubborn_worker"], env, tmp_path) as cli:
+        await cli.expect(r"worker AW_\w+ registered at ws://.*, agent name 'cli-stubborn'")
+        await server.create_dispatch(room="stuck-room", agent_name="cli-stubborn")
+        job = await server.wait_for_job(room="stuck-room", status=agent_pb.JS_RUNNING)
+        await cli.expect(f"job {job.id} started in room stuck-room")
+        sw = server.workers[job.job.state.worker_id]
+        t0 = trio.current_time()
+        for _ in range(signals):
+            cli.process.send_signal(signal.SIGTERM)
+            await cli.expect(r"SIGTERM(: draining| again: cancelling)")
+        # Without the exit the process would wait for the stuck task forever.
+        code = None
+        with trio.move_on_after(1.0 + 1.0 + 15):  # drain + grace + a margin for a loaded VM
+            code = await cli.finish()
+        assert code is not None, f"still running after SIGTERM: {cli.output}\n{cli.stderr}"
+        elapsed = trio.current_time() - t0
+    assert code == 3, cli.stderr
+    line = (
+        f"worker stopped: 1 job(s) ignored cancellation and cannot be stopped: {job.id}"
+        f" (at {AGENT}:"
+    )
+    assert [text for text in cli.lines if text.startswith(line)], cli.output
+    assert "in stubborn); they were reported failed" in cli.output
+    assert "exiting with code 3" in cli.stderr  # the same line in the log
+    # The server has the job's final status and the session closed normally.
+    record = server.jobs[job.id]
+    assert record.status == agent_pb.JS_FAILED
+    assert record.job.state.error == "job ignored cancellation"
+    assert sw.close_code == 1000
+    assert "Traceback" not in cli.stderr
+    assert elapsed < 1.0 + 1.0 + 15
+
+
 async def test_processes_register_separately_and_a_killed_one_is_restarted(
     server: DevServer, tmp_path: Path
 ) -> None:

@@ -22,8 +22,9 @@ from trio_lkagent._bridge import open_bridge
 from trio_lkagent.devserver import DevServer
 from trio_lkagent.plugins import to_mono
 
+from .test_examples import _load_example
 from .test_plugins import WORDS_1, WORDS_2, load_fixture, share
-from .test_room_e2e import RATE, _load_example, client_microphone, join_token, open_client, play
+from .test_room_e2e import RATE, client_microphone, join_token, open_client, play
 
 # A safety net for real-time media on a loaded machine, not a timing assertion.
 SAFETY_TIMEOUT = 60

@@ -7,6 +7,7 @@ Task tree of ``trio-lkagent start`` (one process)::
        |- _on_signals            SIGTERM/SIGINT: drain, then cancel
        |- _watch_supervisor      (supervised children) stdin EOF: drain
        |- serve_health           /, /worker, /metrics
+       |- _exit_if_stuck         serving ended but a job ignores cancellation: exit 3
        '- worker.serve()         in the stop-now cancel scope
 
 and of ``--processes N``::
@@ -19,6 +20,7 @@ and of ``--processes N``::
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -33,13 +35,21 @@ from ._health import serve_health
 from ._options import ReconnectPolicy
 from ._worker import Worker
 
-__all__ = ["SUPERVISED_ENV", "run_worker", "supervise"]
+__all__ = ["EXIT_STUCK_JOBS", "SUPERVISED_ENV", "run_worker", "supervise"]
+
+logger = logging.getLogger("trio_lkagent.service")
 
 #: Set (to the process index) in the environment of supervised worker processes.
 SUPERVISED_ENV = "TRIO_LKAGENT_PROCESS_INDEX"
 #: How crashed worker processes are restarted: 0.5 s doubling up to 30 s, the
 #: count reset after a process stayed up for 30 s.
 RESTART_POLICY = ReconnectPolicy(initial_delay=0.5, max_delay=30.0, stable_after=30.0)
+#: Exit code of a worker process that stopped serving while jobs that ignored
+#: cancellation still ran (their tasks cannot be stopped; see ``_exit_if_stuck``).
+EXIT_STUCK_JOBS = 3
+#: How long the process waits, once only stuck jobs are left, before it exits:
+#: a task that is ending after all gets this long to let ``serve`` return.
+STUCK_EXIT_DELAY = 1.0
 
 Say = Callable[[str], None]
 
@@ -105,6 +115,48 @@ async def _watch_supervisor(stopper: _Stopper) -> None:
     stopper.request("supervisor gone")
 
 
+async def _exit_if_stuck(worker: Worker, say: Say) -> None:
+    """End the process when serving is over but jobs that ignored cancellation still run.
+
+    A job that catches ``trio.Cancelled`` and keeps running cannot be stopped
+    or abandoned: its task holds ``serve``'s job nursery open, so ``serve``
+    (and this process) would never return. The worker already reported such
+    jobs ``JS_FAILED`` "job ignored cancellation" and logged where they are
+    stuck; once the connection ended for good (the last statuses were sent and
+    the socket closed, ``connection_state == "stopped"``) and no other job runs,
+    nothing is left for the process to do. After :data:`STUCK_EXIT_DELAY` it
+    says which jobs, flushes its output and leaves with :data:`EXIT_STUCK_JOBS`
+    through :func:`os._exit`: the only way out, since a normal exit would wait
+    for the stuck tasks (and for the native threads they hold) forever.
+
+    Cancelled, as usual, when ``serve`` returns: it never fires without stuck jobs.
+    """
+    await worker._connection_ended.wait()  # serving is over: no reconnect will follow
+    while True:
+        stats = worker.statistics()
+        # Jobs still unwinding are given shutdown_grace by the worker's watchdog, then
+        # reported stuck; the poll runs only after serving ended, until serve returns.
+        if stats.stuck_jobs and not stats.running_jobs and stats.connection_state == "stopped":
+            await trio.sleep(STUCK_EXIT_DELAY)
+            stats = worker.statistics()
+            if stats.stuck_jobs and not stats.running_jobs:
+                break
+        await trio.sleep(0.1)
+    # No job runs: what is left in stats.jobs are the stuck ones (their tasks still run).
+    stuck = ", ".join(f"{job_id} (at {worker._job_location(job_id)})" for job_id in stats.jobs)
+    message = (
+        f"{stats.stuck_jobs} job(s) ignored cancellation and cannot be stopped: {stuck};"
+        f" they were reported failed and the connection is closed; exiting with code"
+        f" {EXIT_STUCK_JOBS}"
+    )
+    logger.critical("%s", message)
+    say(f"worker stopped: {message}")
+    logging.shutdown()  # flushes every handler: os._exit runs no atexit hook
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STUCK_JOBS)
+
+
 async def start_health(nursery: trio.Nursery, worker: Worker, host: str, port: int) -> str:
     """Start the health server in *nursery*; a port in use is a usage error naming the flag.
 
@@ -136,6 +188,11 @@ async def run_worker(worker: Worker, config: ServiceConfig, *, say: Say = say) -
     one cancels the jobs at once. A signal before the first registration stops
     at once (there is nothing to drain). Either way the exit code is 0.
 
+    A job that ignores cancellation cannot be stopped: once serving is over
+    (drained or cancelled, statuses sent, socket closed) and only such jobs
+    are left, the process says which and exits with :data:`EXIT_STUCK_JOBS`
+    (3) instead of returning (``_exit_if_stuck``).
+
     Raises:
         AuthenticationError: the server refused the credentials.
         ConnectError: recovery is off (or ``max_attempts`` reached) and the
@@ -150,6 +207,8 @@ async def run_worker(worker: Worker, config: ServiceConfig, *, say: Say = say) -
         if config.health_port is not None:
             url = await start_health(nursery, worker, config.health_host, config.health_port)
             say(f"health server at {url} (/ /worker /metrics)")
+        # It first runs once serve() has started (and reset a stopped worker's state).
+        nursery.start_soon(_exit_if_stuck, worker, say)
         with stop_now:
             await worker.serve(task_status=_Announce(worker, say))
         nursery.cancel_scope.cancel()

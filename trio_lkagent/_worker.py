@@ -131,7 +131,9 @@ class WorkerStatistics:
     network_bytes_out: int = 0
     #: The last reported loads, oldest first (at most 60).
     load_history: tuple[float, ...] = ()
-    #: ``"connected"``, ``"connecting"`` or ``"stopped"``.
+    #: ``"connected"``, ``"connecting"`` or ``"stopped"`` (serving ended: the last
+    #: statuses were sent and the socket closed for good, although ``serve`` may
+    #: still wait for a job that ignored cancellation, see ``stuck_jobs``).
     connection_state: str = "connecting"
     #: ``time.time()`` of the last message from the server.
     last_heartbeat: float | None = None
@@ -249,6 +251,9 @@ class Worker:
         # The job runner: the entrypoint itself, or the process pool's run (PROCESS).
         self._job_runner: Entrypoint | AgentHandler = self._entrypoint
         self._process_pool: ProcessPool | None = None
+        # issue-10: set once the connection manager ended for good (last statuses
+        # flushed, socket closed); read by the service's stuck-job exit (_service.py).
+        self._connection_ended = trio.Event()
 
     # -- public API ------------------------------------------------------------
 
@@ -364,7 +369,7 @@ class Worker:
                         watchdog = trio.CancelScope()
                         jobs.start_soon(self._watchdog, watchdog)
                         await self._start_executor(root)
-                        worker_id = await root.start(self._connection_manager)
+                        worker_id = await root.start(self._serve_connection)
                         if self._process_pool is not None:
                             self._process_pool.warm()  # after registering, not before
                         task_status.started(worker_id)
@@ -441,6 +446,13 @@ class Worker:
             await self._changed.wait()
 
     # -- connection ---------------------------------------------------------------
+
+    async def _serve_connection(self, task_status: trio.TaskStatus[str]) -> None:
+        """The connection manager; marks the connection ended for good when it ends."""
+        try:
+            await self._connection_manager(task_status)
+        finally:
+            self._connection_ended.set()
 
     async def _connection_manager(self, task_status: trio.TaskStatus[str]) -> None:
         policy = self._options.reconnect

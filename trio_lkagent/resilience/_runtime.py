@@ -139,7 +139,7 @@ class WorkerResilience:
         """The resilience fields of ``WorkerStatistics``."""
         worker = self._worker
         sample = self.sample
-        if worker._stopped:
+        if worker._stopped or worker._connection_ended.is_set():
             connection = "stopped"
         elif worker._ws is not None:
             connection = "connected"
