@@ -251,7 +251,7 @@ class Worker:
         # The job runner: the entrypoint itself, or the process pool's run (PROCESS).
         self._job_runner: Entrypoint | AgentHandler = self._entrypoint
         self._process_pool: ProcessPool | None = None
-        # issue-10: set once the connection manager ended for good (last statuses
+        # Set once the connection manager ended for good (last statuses
         # flushed, socket closed); read by the service's stuck-job exit (_service.py).
         self._connection_ended = trio.Event()
 
