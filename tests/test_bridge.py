@@ -612,3 +612,25 @@ async def test_native_objects_left_open_are_detached_at_shutdown() -> None:
         loop = bridge.loop
     # No native subscription may outlive the loop: it would log on every event.
     assert [s for s in FfiClient.instance.queue._subscribers if s[1] is loop] == []
+
+
+async def test_a_user_waiting_for_the_start_is_counted_before_the_first_leaves() -> None:
+    """A second user that arrives while the bridge starts gets a working bridge,
+    even when the first user leaves as soon as the start is done (it used to
+    get the closing bridge: "the asyncio bridge has been shut down")."""
+    answers: list[int] = []
+
+    async def first() -> None:
+        async with open_bridge():
+            pass  # leaves before the waiting user runs again
+
+    async def second() -> None:
+        async with open_bridge() as bridge:
+            answers.append(await bridge.call(lambda: 42))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await trio.testing.wait_all_tasks_blocked()  # first is starting the bridge
+        nursery.start_soon(second)
+    assert answers == [42]
+    assert not bridge_threads()

@@ -254,7 +254,7 @@ async def test_job_lifecycle_spans(server: DevServer) -> None:
             raise ValueError("boom")
 
     worker = Worker(entrypoint, worker_options(server))
-    worker._add_observer(OtelObserver(provider))
+    worker.add_observer(OtelObserver(provider))
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         await server.create_dispatch(room="ok", agent_name="test-agent")

@@ -75,7 +75,7 @@ async def serving(
     """A serving worker, and an event set when its (first) job is done."""
     worker = Worker(entrypoint, worker_options(server, **options))
     ended = Ended()
-    worker._add_observer(ended)
+    worker.add_observer(ended)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         yield worker, ended.event
@@ -228,7 +228,7 @@ async def test_socket_down_at_the_end_still_leaves_the_room(server: DevServer) -
     The server then sees the agent leave a job whose worker is gone: it cannot
     terminate it (no worker). The reconnected worker reports the queued final
     status on its new connection, which the server ignores as Go does (only the
-    connection running a job may report it, issue 10): the job keeps its state.
+    connection running a job may report it): the job keeps its state.
     """
     end = trio.Event()
 

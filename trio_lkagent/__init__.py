@@ -9,12 +9,29 @@ The whole public surface is re-exported here::
 
     trio.run(Worker(entrypoint, WorkerOptions(agent_name="x")).serve)
 
-The local LiveKit server lives in :mod:`trio_lkagent.devserver`; the
-``trio-lkagent`` command line (``start``, ``dev``, ``devserver``, ``dispatch``)
-runs workers as services (``docs/cli.md``).
+What is here, by purpose:
+
+- the worker: ``Worker``, ``WorkerOptions`` (with ``JobType``, ``Permissions``,
+  ``ReconnectPolicy``, ``WireFormat``), ``WorkerStatistics``;
+- jobs: ``JobRequest`` (``accept``/``reject``, ``AcceptInfo``), ``JobContext``;
+- errors: ``LKAgentError`` and its subclasses (``docs/worker.md``);
+- running as a service: ``run_app``, ``ServiceConfig``,
+  ``load_config_from_env``, ``validate_config``, ``serve_health``;
+- observability: ``WorkerObserver``, ``JobLogFilter``;
+- rooms and media, imported on first use: ``open_room``/``Room``, audio and
+  video streams and outputs, ``AudioFrame``/``VideoFrame``; ``ResourcePool``.
+
+Larger capabilities live in subpackages, imported from there:
+:mod:`~trio_lkagent.handlers` (handler-style agents),
+:mod:`~trio_lkagent.coordination`, :mod:`~trio_lkagent.resilience`,
+:mod:`~trio_lkagent.processes`, :mod:`~trio_lkagent.plugins` (speech),
+:mod:`~trio_lkagent.media` (pipelines), :mod:`~trio_lkagent.events`,
+:mod:`~trio_lkagent.testing` and :mod:`~trio_lkagent.devserver` (the local
+LiveKit server). The ``trio-lkagent`` command line (``start``, ``dev``,
+``devserver``, ``dispatch``) runs workers as services (``docs/cli.md``).
 """
 
-# -- loaded with the package: what a worker needs to register -----------------
+# -- loaded with the package: what a worker needs to register ---------------------
 from typing import TYPE_CHECKING, Any
 
 from ._cli import run_app as run_app

@@ -503,29 +503,32 @@ async def open_bridge() -> AsyncIterator[AsyncioBridge]:
     """
     await trio.lowlevel.checkpoint()
     shared = _SHARED.get()
+    starting = shared is None
     if shared is None:
         shared = _Shared()
         _SHARED.set(shared)  # concurrent users wait for this start
-        try:
-            shared.bridge = await AsyncioBridge._start()
-        finally:
-            if shared.bridge is None:
-                _SHARED.set(None)
-            shared.ready.set()
-    else:
-        await shared.ready.wait()
-    bridge = shared.bridge
-    if bridge is None:
-        raise trio.BrokenResourceError("the asyncio bridge failed to start")
+    # Counted before any wait: the bridge is not closed under a user waiting for its start.
     shared.users += 1
     try:
-        yield bridge
+        if starting:
+            try:
+                shared.bridge = await AsyncioBridge._start()
+            finally:
+                if shared.bridge is None and _SHARED.get() is shared:
+                    _SHARED.set(None)
+                shared.ready.set()
+        else:
+            await shared.ready.wait()
+        if shared.bridge is None:
+            raise trio.BrokenResourceError("the asyncio bridge failed to start")
+        yield shared.bridge
     finally:
         shared.users -= 1
-        if shared.users == 0:
+        if shared.users == 0 and shared.bridge is not None:
             # A user arriving during the shutdown gets a fresh bridge.
-            _SHARED.set(None)
-            await bridge._aclose()
+            if _SHARED.get() is shared:
+                _SHARED.set(None)
+            await shared.bridge._aclose()
 
 
 # --------------------------------------------------------------------------- asyncio -> Trio

@@ -398,7 +398,7 @@ def load_target(spec: str) -> Worker | Any:
     if isinstance(obj, Worker):
         return obj
     if callable(getattr(obj, "on_job_assigned", None)) and not isinstance(obj, type):
-        return obj  # issue-12: a handler object (trio_lkagent.handlers)
+        return obj  # a handler object (trio_lkagent.handlers)
     if callable(obj) and not isinstance(obj, type):
         check_entrypoint(obj, f"{spec}: {attr!r}")
         return obj

@@ -52,7 +52,7 @@ from ._room import Room
 from ._service import Say, say, start_health
 from ._telemetry import WorkerObserver
 from ._tracks import open_audio_stream
-from ._worker import Worker
+from ._worker import Worker, WorkerStatistics
 from .devserver import DevServer, JobEndedError, open_devserver
 from .testing._kit import ParticipantFactory
 from .testing._scenario import DevScenario
@@ -277,7 +277,7 @@ async def _session(
     """Create the room, join it, run the activity until *stop*, the duration or
     every job ended; end the jobs."""
     watcher = _JobWatcher()
-    worker._add_observer(watcher)
+    worker.add_observer(watcher)
     agent_name = worker.options.agent_name
     if agent_name or dev.metadata:
         agents = [dispatch_pb.RoomAgentDispatch(agent_name=agent_name, metadata=dev.metadata)]
@@ -390,6 +390,57 @@ async def _end_jobs(server: DevServer, watcher: _JobWatcher, room: str, say: Say
         say(f"job {job.id} ended {status}{error}")
 
 
+async def serve_session_worker(
+    nursery: trio.Nursery, worker: Worker, config: ServiceConfig, stop: trio.Event, say: Say
+) -> trio.Event:
+    """The worker side of a dev session, in *nursery*: signals (the first sets
+    *stop*, a second cancels *nursery*), the health server if configured, and
+    ``worker.serve`` once registered. Returns an event set when serving ended."""
+
+    async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not stop.is_set():
+                    say(f"{name}: ending the session (repeat to stop at once)")
+                    stop.set()
+                else:
+                    say(f"{name} again: stopping now")
+                    nursery.cancel_scope.cancel()
+
+    await nursery.start(on_signals)
+    if config.health_port is not None:
+        url = await start_health(nursery, worker, config.health_host, config.health_port)
+        say(f"health server at {url} (/ /worker /metrics)")
+    served = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[str]) -> None:
+        try:
+            await worker.serve(task_status=task_status)
+        finally:
+            served.set()
+
+    worker_id = await nursery.start(serve)
+    say(
+        f"worker {worker_id} registered, agent name {worker.options.agent_name!r},"
+        f" job type {worker.options.job_type.name}"
+    )
+    return served
+
+
+async def drain_session_worker(worker: Worker, served: trio.Event, say: Say) -> WorkerStatistics:
+    """Drain the session's worker, wait until it stopped serving and say what it ran."""
+    worker.drain()
+    await served.wait()
+    stats = worker.statistics()
+    say(
+        f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
+        f" {stats.jobs_failed} failed"
+    )
+    return stats
+
+
 async def run_dev(
     load_worker: Callable[[ServiceConfig], Worker],
     config: ServiceConfig,
@@ -444,45 +495,10 @@ async def run_dev(
         if dev.job_type is not None:
             worker = worker.with_options(job_type=JobType[dev.job_type.upper()])
 
-        async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                task_status.started()
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not stop.is_set():
-                        say(f"{name}: ending the session (repeat to stop at once)")
-                        stop.set()
-                    else:
-                        say(f"{name} again: stopping now")
-                        nursery.cancel_scope.cancel()
-
-        await nursery.start(on_signals)
         nursery.start_soon(_say_notes, server, say)
-        if local.health_port is not None:
-            url = await start_health(nursery, worker, local.health_host, local.health_port)
-            say(f"health server at {url} (/ /worker /metrics)")
-        served = trio.Event()
-
-        async def serve(*, task_status: trio.TaskStatus[str]) -> None:
-            try:
-                await worker.serve(task_status=task_status)
-            finally:
-                served.set()
-
-        worker_id = await nursery.start(serve)
-        name = worker.options.agent_name
-        say(
-            f"worker {worker_id} registered, agent name {name!r},"
-            f" job type {worker.options.job_type.name}"
-        )
+        served = await serve_session_worker(nursery, worker, local, stop, say)
         await _session(server, worker, dev, stop, say, scenario)
-        worker.drain()
-        await served.wait()
-        stats = worker.statistics()
-        say(
-            f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
-            f" {stats.jobs_failed} failed"
-        )
+        stats = await drain_session_worker(worker, served, say)
         failed = stats.jobs_failed + sum(
             1
             for job in server.jobs.values()

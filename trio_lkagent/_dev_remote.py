@@ -11,7 +11,6 @@ the jobs).
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -20,12 +19,14 @@ import trio
 from livekit import api as lkapi
 
 from ._config import ServiceConfig, dev_keys_quiet
+from ._dev import drain_session_worker, serve_session_worker
 from ._job import JobContext
 from ._options import JobType
 from ._room import AutoSubscribe, Room, open_room
-from ._service import Say, start_health
+from ._service import Say
 from ._telemetry import WorkerObserver
 from ._worker import Worker
+from .devserver._auth import participant_access_token
 from .testing._kit import ParticipantFactory
 from .testing._scenario import DevScenario
 
@@ -47,17 +48,7 @@ class RemoteServer:
 
     def create_participant_token(self, room: str, identity: str, **fields: Any) -> str:
         """A join token for *room*, signed here with the API key."""
-        token = (
-            lkapi.AccessToken(self.api_key, self.api_secret)
-            .with_identity(identity)
-            .with_name(fields.get("name", ""))
-            .with_metadata(fields.get("metadata", ""))
-            .with_grants(lkapi.VideoGrants(room_join=True, room=room))
-        )
-        if fields.get("attributes"):
-            token = token.with_attributes(dict(fields["attributes"]))
-        if fields.get("kind") is not None:
-            token = token.with_kind(fields["kind"])
+        token = participant_access_token(self.api_key, self.api_secret, room, identity, **fields)
         with dev_keys_quiet(self.api_secret):
             return token.to_jwt()
 
@@ -149,41 +140,12 @@ async def run_dev_remote(
     if dev.job_type is not None:
         worker = worker.with_options(job_type=JobType[dev.job_type.upper()])
     jobs = _Jobs(dev.room)
-    worker._add_observer(jobs)
+    worker.add_observer(jobs)
     stop = trio.Event()
     say(f"using the LiveKit server at {url} (api key {config.api_key!r})")
     async with trio.open_nursery() as nursery:
-
-        async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                task_status.started()
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not stop.is_set():
-                        say(f"{name}: ending the session (repeat to stop at once)")
-                        stop.set()
-                    else:
-                        say(f"{name} again: stopping now")
-                        nursery.cancel_scope.cancel()
-
-        await nursery.start(on_signals)
-        if local.health_port is not None:
-            health = await start_health(nursery, worker, local.health_host, local.health_port)
-            say(f"health server at {health} (/ /worker /metrics)")
-        served = trio.Event()
-
-        async def serve(*, task_status: trio.TaskStatus[str]) -> None:
-            try:
-                await worker.serve(task_status=task_status)
-            finally:
-                served.set()
-
-        worker_id = await nursery.start(serve)
+        served = await serve_session_worker(nursery, worker, local, stop, say)
         agent_name = worker.options.agent_name
-        say(
-            f"worker {worker_id} registered, agent name {agent_name!r},"
-            f" job type {worker.options.job_type.name}"
-        )
         agents = []
         if agent_name or dev.metadata:
             agents = [lkapi.RoomAgentDispatch(agent_name=agent_name, metadata=dev.metadata)]
@@ -249,13 +211,7 @@ async def run_dev_remote(
             await jobs.wait_all_ended()
         for job_id, how in jobs.ended.items():
             say(f"job {job_id} ended: {how}")
-        worker.drain()
-        await served.wait()
-        stats = worker.statistics()
-        say(
-            f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
-            f" {stats.jobs_failed} failed"
-        )
+        stats = await drain_session_worker(worker, served, say)
         nursery.cancel_scope.cancel()
     return 1 if stats.jobs_failed else 0
 

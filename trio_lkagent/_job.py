@@ -41,7 +41,7 @@ class AcceptInfo:
     name: str = ""
     metadata: str = ""
     attributes: Mapping[str, str] = attrs.field(factory=dict)
-    # issue-12: the agent chosen per request, its subscriptions and auto-disconnect rule.
+    # The agent chosen per request, its subscriptions and auto-disconnect rule.
     #: The entrypoint or handler for this job (None: the worker's own).
     entrypoint: Entrypoint | AgentHandler | None = attrs.field(default=None, eq=False)
     #: Default for ``ctx.connect`` (None: ``AutoSubscribe.AUDIO_ONLY``).
@@ -212,7 +212,7 @@ class JobContext:
         self._proc = JobProcess()
         #: Set by _leave (process executor: then the job process leaves its room).
         self._left = trio.Event()
-        # issue-12: the target of a participant/publisher job; set when the room changes.
+        # The target of a participant/publisher job (ctx.participant); set when the room changes.
         self._participant: rtc.RemoteParticipant | None = None
         self._room_changed = trio.Event()
         # resilience: set by the worker before the entrypoint runs

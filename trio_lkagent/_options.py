@@ -232,6 +232,11 @@ class WorkerOptions:
     connect_timeout: float = attrs.field(default=10.0, validator=_positive("connect_timeout"))
     #: The server must confirm registration within this.
     register_timeout: float = attrs.field(default=10.0, validator=_positive("register_timeout"))
+    #: A message not sent within this means the server stopped reading: the
+    #: connection is dropped and re-established.
+    send_timeout: float = attrs.field(default=10.0, validator=_positive("send_timeout"))
+    #: Bound on the WebSocket close handshake (the TCP stream is closed after it).
+    close_timeout: float = attrs.field(default=2.0, validator=_positive("close_timeout"))
     #: A user request handler must accept or reject within this (else: rejected).
     request_timeout: float = attrs.field(default=5.0, validator=_positive("request_timeout"))
     #: A slot reserved by an accepted request is released if no assignment comes.
@@ -244,7 +249,8 @@ class WorkerOptions:
     websocket_debug: bool = False
     #: Largest server frame accepted.
     max_message_size: int = 1 << 20
-    # -- job deadlines (issue 9) --
+
+    # -- job deadlines ----------------------------------------------------------------
     #: Seconds a job may run (None: no limit). On expiry the job's cancel scope is
     #: cancelled and it ends JS_FAILED "job timed out after N s"; ``ctx.deadline``
     #: shows it; ``req.accept(timeout=...)`` overrides it per job.
@@ -272,7 +278,7 @@ class WorkerOptions:
         factory=lambda: os.environ.get("LIVEKIT_CHECKPOINT_URL") or None
     )
 
-    # -- per-job processes (trio_lkagent.processes, docs/processes.md) --
+    # -- per-job processes (trio_lkagent.processes, docs/processes.md) ----------------
     #: TASK (default) runs each job as a Trio task; PROCESS in a prewarmed process.
     job_executor: JobExecutor = attrs.field(default=JobExecutor.TASK, converter=JobExecutor)
     #: PROCESS: processes kept started ahead (modules imported, setup run).
@@ -284,13 +290,6 @@ class WorkerOptions:
     job_memory_limit_mb: float | None = None
     #: PROCESS: ``"forkserver"`` (default), ``"spawn"`` or ``"fork"`` (see docs/processes.md).
     process_start_method: str = "forkserver"
-
-    # -- hardening (issue-10) --
-    #: A message not sent within this means the server stopped reading: the
-    #: connection is dropped and re-established.
-    send_timeout: float = attrs.field(default=10.0, validator=_positive("send_timeout"))
-    #: Bound on the WebSocket close handshake (the TCP stream is closed after it).
-    close_timeout: float = attrs.field(default=2.0, validator=_positive("close_timeout"))
 
     def __attrs_post_init__(self) -> None:
         if (

@@ -3,13 +3,23 @@
 Task tree of a serving worker::
 
     serve()                         the caller's task
-    |- jobs nursery                 one task per running job, each in its own
-    |  '- _run_job(...)             CancelScope (the job's termination)
+    |- jobs nursery
+    |  |- _watchdog                 reports jobs that ignore cancellation failed
+    |  '- _run_job(...)             one per running job:
+    |     '- rooms nursery          the job's rooms (ctx.connect), left after
+    |        |                      the final status is sent
+    |        '- ctx.cancel_scope    termination, ctx.shutdown(), drain, deadline
+    |           '- recovery policy  run_entrypoint: retries in place
+    |              '- run_agent     handler hooks or the entrypoint, here or in
+    |                               a job process (JobExecutor.PROCESS)
     '- root nursery
+       |- WorkerResilience.run      resource sampling, health checks, limits
+       |- process pool              job processes (JobExecutor.PROCESS only)
        '- _connection_manager       connect, register, reconnect with backoff
           '- session                one per connection
              |- io nursery (shielded)  trio-websocket's reader, closed last
-             |- _writer             job status updates and worker status, in order
+             |- _writer             answers, job status updates and worker
+             |                      status, in order
              |- _pinger             WorkerPing every ping_interval
              |- _expiry             releases reservations whose assignment never came
              |- _load_sampler       load_fn / periodic status report
@@ -61,11 +71,9 @@ from .processes._proc import JobProcess, SetupFn, run_setup
 from .resilience._runtime import WorkerResilience
 
 if TYPE_CHECKING:
+    from .handlers import AgentHandler
     from .processes._pool import ProcessPool, ProcessPoolStatistics
     from .resilience import ResourceMonitor, ResourceSample
-
-if TYPE_CHECKING:
-    from .handlers import AgentHandler
 
 __all__ = ["Entrypoint", "RequestHandler", "Worker", "WorkerStatistics"]
 
@@ -106,12 +114,13 @@ class WorkerStatistics:
     jobs: dict[str, str]
     #: Room events dropped for slow consumers in the jobs' rooms (``ctx.connect``).
     room_events_dropped: int = 0
-    # -- issue 9 --
+
+    # -- draining ----------------------------------------------------------------------
     #: Set when the last drain reached ``drain_timeout`` with jobs still running
     #: (they were cancelled); ``drain(strict=True)`` makes ``serve`` raise it.
     drain_error: ShutdownTimeoutError | None = None
 
-    # -- resilience (trio_lkagent.resilience) ---------------------------------------
+    # -- resilience (trio_lkagent.resilience) ------------------------------------------
     #: ``time.time()`` when ``serve`` started (None before).
     start_time: float | None = None
     #: Seconds since ``serve`` started.
@@ -142,11 +151,11 @@ class WorkerStatistics:
     #: Recovery decisions taken, by action (``"retry"``, ``"backoff"``, ...).
     recovery_decisions: dict[str, int] = attrs.field(factory=dict)
 
-    # -- per-job processes (trio_lkagent.processes) --
+    # -- per-job processes (trio_lkagent.processes) ------------------------------------
     #: The process executor's pool (idle, running with memory, crashes); None with tasks.
     processes: ProcessPoolStatistics | None = None
 
-    # -- issue 10 --
+    # -- jobs that ignore cancellation (the watchdog) ----------------------------------
     #: Jobs reported failed because they ignored cancellation, whose tasks still
     #: run (the worker is unhealthy while there are any).
     stuck_jobs: int = 0
@@ -192,7 +201,7 @@ class Worker:
         request_handler: RequestHandler | None = None,
         setup: SetupFn | None = None,
     ) -> None:
-        # issue-12: a handler object answers requests with its on_job_request.
+        # A handler object answers requests with its on_job_request.
         if request_handler is None and callable(getattr(entrypoint, "on_job_request", None)):
             request_handler = entrypoint.on_job_request  # type: ignore[union-attr]
         self._entrypoint = entrypoint
@@ -216,7 +225,7 @@ class Worker:
         self._stopped = False
         self._worker_id: str | None = None
         self._ws: WorkerSocket | None = None
-        # issue-10: availability answers wait here for the writer (the reader never sends).
+        # Availability answers wait here for the writer (the reader never sends).
         self._answers: collections.deque[agent_pb.AvailabilityResponse] = collections.deque()
         self._peer_log = LogLimiter(logger, clock=lambda: trio.current_time())
         # Jobs reported failed because they ignored cancellation past the grace.
@@ -246,10 +255,10 @@ class Worker:
         self._resilience = WorkerResilience(self)
         self._drain_error: ShutdownTimeoutError | None = None
         self._strict_drain = False
-        # -- per-job processes (trio_lkagent.processes)
+        # The job runner: the entrypoint itself, or the process pool's run (PROCESS).
         self._job_runner: Entrypoint | AgentHandler = self._entrypoint
         self._process_pool: ProcessPool | None = None
-        # issue-10: set once the connection manager ended for good (last statuses
+        # Set once the connection manager ended for good (last statuses
         # flushed, socket closed); read by the service's stuck-job exit (_service.py).
         self._connection_ended = trio.Event()
 
@@ -858,7 +867,7 @@ class Worker:
         )
         ctx._proc = self._proc
         timeout = accept.timeout if accept.timeout is not None else self._options.job_timeout
-        if timeout is not None:  # the job's deadline (issue 9): see _run_job
+        if timeout is not None:  # the job's deadline: _run_job reports it as JobTimeoutError
             ctx.cancel_scope.deadline = trio.current_time() + timeout
             ctx._timeout = timeout
         self._jobs[job.id] = ctx
@@ -894,52 +903,54 @@ class Worker:
     # -- jobs -----------------------------------------------------------------------
 
     async def _run_job(self, ctx: JobContext) -> None:
+        """Run one job to its single final status, then leave its room.
+
+        The steps, from the outside in:
+
+        - the *rooms* nursery holds the rooms ``ctx.connect`` joins, outside the
+          job's cancel scope, so they are left only after the final status is on
+          the wire (:meth:`_report_final`): the server fails a running job whose
+          agent leaves the room first;
+        - ``ctx.cancel_scope`` (termination, ``ctx.shutdown()``, drain, the job
+          deadline) around the recovery policy's ``run_entrypoint``, which may
+          run the agent again in place (retries);
+        - ``run_agent`` runs the handler object's hooks or the plain entrypoint,
+          in this task or, with the process executor, in a job process (the
+          pool's ``run`` is ``self._job_runner``; the child runs the same
+          ``run_agent``).
+
+        The final status is recorded once by :meth:`_finish`, unless the
+        watchdog already reported the job failed for ignoring cancellation.
+        New job-runner steps belong inside the *rooms* nursery.
+        """
         job_id = ctx.job_id
         outcome, error = Outcome.CANCELLED, ""
         bind_job(job_id, ctx.room_name, ctx.worker_id)
         self._observe(lambda o: o.job_started(ctx))
+        grace = self._options.shutdown_grace
+
+        async def body() -> None:
+            from .handlers._runner import run_agent
+
+            agent = functools.partial(run_agent, default=self._job_runner, grace=grace)
+            await self._resilience.run_entrypoint(agent, ctx)
+
         try:
-            # Teardown order (issue 9): the job's rooms live in this nursery,
-            # outside its cancel scope, and are left only after the final status
-            # is on the wire (_report_final): the server fails a running job whose
-            # agent leaves the room first. Keep new job-runner steps inside it.
             async with trio.open_nursery() as rooms:
                 ctx._rooms = rooms
                 try:
-                    with ctx.cancel_scope:
-                        try:
-                            # issue-12: the per-accept agent, handlers and auto-disconnect,
-                            # around the entrypoint or its job process (JobExecutor.PROCESS;
-                            # there the child process runs the handler).
-                            from .handlers._runner import run_agent
-
-                            grace = self._options.shutdown_grace
-                            agent = functools.partial(
-                                run_agent, default=self._job_runner, grace=grace
-                            )
-                            await self._resilience.run_entrypoint(agent, ctx)
-                            outcome = Outcome.RETURNED
-                        except BaseException as exc:
-                            failure = _without_cancelled(exc)
-                            if failure is None or not isinstance(failure, Exception):
-                                raise
-                            # Cancellation is level-triggered: an outer one that arrived
-                            # with this failure is raised again at the next checkpoint.
-                            outcome, error = Outcome.FAILED, _describe(failure)
-                            logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
-                                "job %s failed: %s", job_id, error, exc_info=failure
-                            )
+                    outcome, error = await run_job_body(ctx, body)
                     if outcome is Outcome.CANCELLED and ctx._timed_out():
                         timed_out = JobTimeoutError(f"job timed out after {ctx._timeout:g} s")
                         outcome, error = Outcome.FAILED, str(timed_out)
                         ctx._shutdown_reason = ctx._shutdown_reason or error
                         logger.error("job %s failed: %s", job_id, error)
-                    await ctx._run_shutdown_callbacks(self._options.shutdown_grace)
+                    await ctx._run_shutdown_callbacks(grace)
                 finally:
                     del self._jobs[job_id]
                     del self._job_rooms[job_id]
                     self._room_events_dropped += ctx._events_dropped
-                    update = self._finish(job_id, outcome, error)  # issue-10: None if abandoned
+                    update = self._finish(job_id, outcome, error)
                     self._notify()
                     if update is not None:
                         await self._report_final(update)
@@ -971,11 +982,14 @@ class Worker:
             )
 
     def _finish(self, job_id: str, outcome: Outcome, error: str) -> JobUpdate | None:
-        """Record a job's end (its final status) unless the watchdog already did."""
+        """Record a job's end (its final status) unless the watchdog already did (None)."""
         if job_id in self._abandoned:
             self._abandoned.discard(job_id)
             logger.warning("job %s, reported failed for ignoring cancellation, ended", job_id)
             return None
+        return self._record_final(job_id, outcome, error)
+
+    def _record_final(self, job_id: str, outcome: Outcome, error: str) -> JobUpdate:
         update = self._state.finish(job_id, outcome, error)
         if outcome is Outcome.FAILED:
             self._failed += 1
@@ -983,7 +997,7 @@ class Worker:
             self._succeeded += 1
         return update
 
-    # -- jobs that ignore cancellation (issue-10) ----------------------------------------
+    # -- jobs that ignore cancellation --------------------------------------------------
     #
     # A job that catches trio.Cancelled without re-raising cannot be stopped: Trio
     # has no way to kill or abandon a task. After shutdown_grace the watchdog
@@ -1048,8 +1062,7 @@ class Worker:
             self._options.shutdown_grace,
             self._job_location(job_id),
         )
-        self._state.finish(job_id, Outcome.FAILED, "job ignored cancellation")
-        self._failed += 1
+        self._record_final(job_id, Outcome.FAILED, "job ignored cancellation")
         self._notify()
 
     def _job_location(self, job_id: str) -> str:
@@ -1079,9 +1092,6 @@ class Worker:
         """Stop reporting to *observer* (no-op if it was not added)."""
         if observer in self._observers:
             self._observers.remove(observer)
-
-    _add_observer = add_observer  # the former private names, kept for callers
-    _remove_observer = remove_observer
 
     def _observe(self, call: Callable[[WorkerObserver], None]) -> None:
         for observer in self._observers:
@@ -1209,6 +1219,35 @@ class Worker:
             self._last_status = None  # periodic report even when unchanged
             self._notify()
             await trio.sleep(opts.load_interval)
+
+
+async def run_job_body(
+    ctx: JobContext, body: Callable[[], Awaitable[object]]
+) -> tuple[Outcome, str]:
+    """Await *body* inside ``ctx.cancel_scope`` and say how it ended.
+
+    Returns ``(RETURNED, "")``, ``(FAILED, description)`` for an ``Exception``
+    (logged with its traceback), or ``(CANCELLED, "")`` when the job's own
+    scope was cancelled. Anything else (an outer cancellation alone,
+    ``KeyboardInterrupt``) propagates. Shared by the worker's job runner and
+    the job process (``processes/_child.py``).
+    """
+    outcome, error = Outcome.CANCELLED, ""
+    with ctx.cancel_scope:
+        try:
+            await body()
+            outcome = Outcome.RETURNED
+        except BaseException as exc:
+            failure = _without_cancelled(exc)
+            if failure is None or not isinstance(failure, Exception):
+                raise
+            # Cancellation is level-triggered: an outer one that arrived with
+            # this failure is raised again at the next checkpoint.
+            outcome, error = Outcome.FAILED, _describe(failure)
+            logger.error(  # noqa: TRY400 - the traceback is the failure's, not exc's
+                "job %s failed: %s", ctx.job_id, error, exc_info=failure
+            )
+    return outcome, error
 
 
 async def _shielded_nursery(

@@ -62,6 +62,33 @@ def quiet_short_keys() -> Iterator[None]:
         yield
 
 
+def participant_access_token(
+    api_key: str,
+    api_secret: str,
+    room: str,
+    identity: str,
+    *,
+    name: str = "",
+    metadata: str = "",
+    attributes: Mapping[str, str] | None = None,
+    kind: str | None = None,
+) -> lkapi.AccessToken:
+    """The (unsigned) ``AccessToken`` of a participant joining *room*: the caller
+    signs it with ``to_jwt()``, under the warning filter that suits its key."""
+    token = (
+        lkapi.AccessToken(api_key, api_secret)
+        .with_identity(identity)
+        .with_name(name)
+        .with_metadata(metadata)
+        .with_grants(lkapi.VideoGrants(room_join=True, room=room))
+    )
+    if attributes:
+        token = token.with_attributes(dict(attributes))
+    if kind is not None:
+        token = token.with_kind(kind)  # type: ignore[arg-type]
+    return token
+
+
 def authenticate(
     authorization: str | None, access_token: str | None, keys: Mapping[str, str]
 ) -> Grants | None:

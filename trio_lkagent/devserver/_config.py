@@ -91,7 +91,7 @@ class DevServerConfig:
     shutdown_timeout: float = attrs.field(default=2.0, validator=_positive)
     region: str = ""
     node_id: str = ""
-    # -- bounded records (issue-10) --
+    # -- bounded records: ended jobs kept, the simulated-job rate --
     retain_ended: int | None = 1000
     retain_ended_for: float | None = attrs.field(default=3600.0, validator=_positive_or_none)
     simulate_job_rate: float = attrs.field(default=5.0, validator=_positive)

@@ -12,7 +12,6 @@ import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from livekit import api as lkapi
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import agent_dispatch as dispatch_pb
 from livekit.protocol import models as models_pb
@@ -22,7 +21,7 @@ from .._room import AutoSubscribe, Room, open_room
 from . import _dispatch as rules
 from ._agent_service import AgentService, ServerJob, ServerWorker
 from ._asgi import AGENT_PATH, DevServerApp
-from ._auth import quiet_short_keys
+from ._auth import participant_access_token, quiet_short_keys
 from ._config import DevServerConfig
 from ._ids import NODE_PREFIX, new_guid
 from ._peer import DataRecord
@@ -293,17 +292,16 @@ class DevServer:
         Returns:
             The JWT, for ``rtc.Room.connect(server.url, token)``.
         """
-        token = (
-            lkapi.AccessToken(self.api_key, self.api_secret)
-            .with_identity(identity)
-            .with_name(name)
-            .with_metadata(metadata)
-            .with_grants(lkapi.VideoGrants(room_join=True, room=room))
+        token = participant_access_token(
+            self.api_key,
+            self.api_secret,
+            room,
+            identity,
+            name=name,
+            metadata=metadata,
+            attributes=attributes,
+            kind=kind,
         )
-        if attributes:
-            token = token.with_attributes(dict(attributes))
-        if kind is not None:
-            token = token.with_kind(kind)  # type: ignore[arg-type]
         with quiet_short_keys():
             return token.to_jwt()
 

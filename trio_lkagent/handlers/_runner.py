@@ -204,7 +204,7 @@ async def _serve_handler(
 def _reason(ctx: JobContext, exc: BaseException) -> str:
     if ctx.shutdown_reason is not None:
         return ctx.shutdown_reason
-    timed_out = getattr(ctx, "_timed_out", None)  # the job deadline (issue 9)
+    timed_out = getattr(ctx, "_timed_out", None)  # the job deadline (job_timeout)
     if timed_out is not None and timed_out():
         return f"job timed out after {ctx._timeout:g} s"
     if isinstance(exc, trio.Cancelled):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -407,6 +407,25 @@ class SynthesizedAudio(trio.abc.ReceiveChannel[AudioFrame]):
         self._error = exc if isinstance(exc, PluginError) else PluginError(f"{name}: {exc}")
         if self._error is not exc:
             self._error.__cause__ = exc
+
+    @asynccontextmanager
+    async def _produced_by(
+        self, produce: Callable[[SynthesizedAudio], Awaitable[None]]
+    ) -> AsyncIterator[SynthesizedAudio]:
+        """For engines' ``synthesize``: yield this audio while ``produce(self)``
+        fills it in a task; leaving the block stops it; an engine error the
+        consumer has not seen is raised when the block exits."""
+        with _unwrap_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce, self)
+                try:
+                    yield self
+                finally:
+                    self._receive.close()
+                    nursery.cancel_scope.cancel()
+        if self._error is not None and not self._error_seen:
+            self._error_seen = True
+            raise self._error
 
 
 # --------------------------------------------------------------------------- options

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -132,24 +132,7 @@ class InferenceExecutor:
             raise trio.ClosedResourceError("the inference executor is closed")
         if self._n_threads == 0:
             raise RuntimeError("this executor has no threads (threads=0)")
-        self._waiting += 1
-        waiting = True
-        try:
-            async with self._threads:
-                self._waiting -= 1
-                waiting = False
-                start = time.perf_counter()
-                try:
-                    return await trio.to_thread.run_sync(fn, *args)
-                finally:
-                    self._busy += time.perf_counter() - start
-                    self._completed += 1
-        except trio.Cancelled:
-            self._cancelled += 1
-            raise
-        finally:
-            if waiting:
-                self._waiting -= 1
+        return await self._accounted(self._threads, lambda: trio.to_thread.run_sync(fn, *args))
 
     async def run_process(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in one of the executor's worker processes.
@@ -168,16 +151,25 @@ class InferenceExecutor:
             raise trio.ClosedResourceError("the inference executor is closed")
         if self._context is None:
             raise RuntimeError("this executor has no worker processes (processes=0)")
+        context = self._context
+        return await self._accounted(
+            self._processes, lambda: context.run_sync(fn, *args, kill_on_cancel=True)
+        )
+
+    async def _accounted(
+        self, limiter: trio.CapacityLimiter, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``await call()`` once *limiter* has room, keeping the waiting, busy,
+        completed and cancelled counters."""
         self._waiting += 1
         waiting = True
         try:
-            async with self._processes:
+            async with limiter:
                 self._waiting -= 1
                 waiting = False
                 start = time.perf_counter()
                 try:
-                    result: T = await self._context.run_sync(fn, *args, kill_on_cancel=True)
-                    return result
+                    return await call()
                 finally:
                     self._busy += time.perf_counter() - start
                     self._completed += 1

@@ -20,6 +20,7 @@ lifetime is yours). HTTP errors and the API's error bodies become
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -41,7 +42,6 @@ from ._base import (
     STTCapabilities,
     STTStream,
     SynthesizedAudio,
-    _unwrap_single,
     to_mono,
 )
 
@@ -267,17 +267,8 @@ class OpenAITTS:
                 answered with an error.
         """
         audio = SynthesizedAudio(_PCM_RATE)
-        with _unwrap_single():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run, text, audio)
-                try:
-                    yield audio
-                finally:
-                    audio._receive.close()
-                    nursery.cancel_scope.cancel()
-        if audio._error is not None and not audio._error_seen:
-            audio._error_seen = True
-            raise audio._error
+        async with audio._produced_by(functools.partial(self._run, text)) as produced:
+            yield produced
 
     async def _run(self, text: str, audio: SynthesizedAudio) -> None:
         httpx = _httpx()

@@ -10,6 +10,7 @@ lock, and each chunk the library produces is handed to the consumer as it comes
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import numpy as np
 import trio
 
 from .._exceptions import PluginError
-from ._base import SynthesizedAudio, _unwrap_single
+from ._base import SynthesizedAudio
 
 __all__ = ["EspeakTTS"]
 
@@ -111,17 +112,8 @@ class EspeakTTS:
             abort at its next chunk) and waits for its thread.
         """
         audio = SynthesizedAudio(self._sample_rate)
-        with _unwrap_single():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run, text, audio)
-                try:
-                    yield audio
-                finally:
-                    audio._receive.close()
-                    nursery.cancel_scope.cancel()
-        if audio._error is not None and not audio._error_seen:
-            audio._error_seen = True
-            raise audio._error
+        async with audio._produced_by(functools.partial(self._run, text)) as produced:
+            yield produced
 
     async def _run(self, text: str, audio: SynthesizedAudio) -> None:
         stop = threading.Event()

@@ -156,6 +156,8 @@ async def _main(
             if setup is not None:
                 await run_setup(setup, proc)
         except Exception as exc:
+            from .._worker import _describe
+
             logger.exception("the setup hook failed in job process %d", proc.pid)
             outbox.put({"type": "setup_failed", "error": _describe(exc)})
             await _finish(outbox, nursery)
@@ -251,29 +253,10 @@ async def _listen(channel: FrameChannel, ctx: JobContext, leave: trio.Event) -> 
 
 
 async def _run_entrypoint(entrypoint: Any, ctx: JobContext, grace: float) -> tuple[str, str]:
-    from .._worker import _describe as describe
-    from .._worker import _without_cancelled
-
-    outcome, error = "cancelled", ""
+    """The job's agent (a handler object's hooks or the entrypoint), as in the worker."""
+    from .._worker import run_job_body
     from ..handlers._runner import run_agent
 
-    with ctx.cancel_scope:
-        try:
-            # issue-12: a handler object runs here as in the worker (hooks, auto-disconnect).
-            await run_agent(ctx, entrypoint, grace=grace)
-            outcome = "returned"
-        except BaseException as exc:
-            failure = _without_cancelled(exc)
-            if failure is None or not isinstance(failure, Exception):
-                raise
-            outcome, error = "failed", describe(failure)
-            logger.error(  # noqa: TRY400 - the traceback is the failure's
-                "job %s failed: %s", ctx.job_id, error, exc_info=failure
-            )
+    outcome, error = await run_job_body(ctx, lambda: run_agent(ctx, entrypoint, grace=grace))
     await ctx._run_shutdown_callbacks(grace)
-    return outcome, error
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return outcome.value, error
