@@ -25,6 +25,7 @@ def _modules_after(code: str) -> set[str]:
 def test_import_loads_only_what_a_worker_needs() -> None:
     loaded = _modules_after("import trio_lkagent")
     assert not {m for m in HEAVY if m in loaded}
+    assert "trio_lkagent._cli" not in loaded  # run_app loads the command line on use
     # Building a worker (telemetry included) still loads none of them.
     loaded = _modules_after(
         "from trio_lkagent import Worker, WorkerOptions\n"

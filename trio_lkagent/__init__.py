@@ -34,7 +34,6 @@ LiveKit server). The ``trio-lkagent`` command line (``start``, ``dev``,
 # -- loaded with the package: what a worker needs to register ---------------------
 from typing import TYPE_CHECKING, Any
 
-from ._cli import run_app as run_app
 from ._config import ServiceConfig as ServiceConfig
 from ._config import load_config_from_env as load_config_from_env
 from ._config import validate_config as validate_config
@@ -80,6 +79,7 @@ __version__ = "0.1.0"
 # ``_LAZY`` (name -> private module).
 
 if TYPE_CHECKING:
+    from ._cli import run_app as run_app
     from ._media import AudioFrame as AudioFrame
     from ._media import AudioProcessor as AudioProcessor
     from ._media import VideoFormat as VideoFormat
@@ -101,6 +101,7 @@ if TYPE_CHECKING:
     from .resources import ResourcePool as ResourcePool
 
 _LAZY: dict[str, str] = {
+    "run_app": "._cli",
     "AudioFrame": "._media",
     "AudioProcessor": "._media",
     "VideoFormat": "._media",
