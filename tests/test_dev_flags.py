@@ -8,7 +8,9 @@ import signal
 import textwrap
 from pathlib import Path
 
-from tests.test_cli import ECHO, clean_env, run_cli
+import trio
+
+from tests.test_cli import AGENT, ECHO, clean_env, run_cli
 from trio_lkagent.devserver import DevServer
 
 ECHO_SOURCE = Path(ECHO).read_text()
@@ -122,3 +124,58 @@ async def test_url_runs_the_session_against_an_external_server(
     assert "room 'dev-room' deleted" in out
     (job,) = devserver.jobs.values()
     assert job.agent_name == "echo" and job.ended
+
+
+async def _dev_on_a_stubborn_job(args: list[str], env: dict[str, str], tmp_path: Path) -> str:
+    """Run ``dev`` on the agent whose job swallows cancellation (tests/cli_agent.py:
+    stubborn_worker, drain_timeout 1 s, shutdown_grace 1 s) for one second; check
+    it exits on schedule with code 3 and the line naming the stuck job."""
+    async with run_cli([*args, "--duration", "1"], env, tmp_path) as cli:
+        match = await cli.expect(r"^job (AJ_\w+) started in room dev-room$")
+        job_id = match.group(1)
+        t0 = trio.current_time()
+        code = None
+        # duration + grace + the 1 s exit delay + a margin for a loaded VM; without
+        # the exit, dev would wait for the stuck task forever.
+        with trio.move_on_after(1.0 + 1.0 + 1.0 + 15):
+            code = await cli.finish()
+        assert code is not None, f"still running: {cli.output}\n{cli.stderr}"
+        elapsed = trio.current_time() - t0
+    out = cli.output
+    assert code == 3, f"{out}\n{cli.stderr}"
+    # The usual summary first, then the one line saying why and how it exits.
+    drained = "worker drained: 1 job(s) run, 0 succeeded, 1 failed"
+    stopped = (
+        f"worker stopped: 1 job(s) ignored cancellation and cannot be stopped: {job_id}"
+        f" (at {AGENT}:"
+    )
+    index = {text: i for i, text in enumerate(cli.lines)}
+    (line,) = [text for text in cli.lines if text.startswith(stopped)]
+    assert drained in index and index[drained] < index[line], out
+    assert "in stubborn); they were reported failed" in line
+    assert line.endswith("exiting with code 3")
+    assert "Traceback" not in cli.stderr
+    assert elapsed < 1.0 + 1.0 + 1.0 + 15
+    return out
+
+
+async def test_dev_exits_3_on_schedule_despite_a_job_that_ignores_cancellation(
+    tmp_path: Path,
+) -> None:
+    out = await _dev_on_a_stubborn_job(["dev", f"{AGENT}:stubborn_worker"], clean_env(), tmp_path)
+    # The server recorded the terminated job's end at once (as LiveKit does); the
+    # worker's report that it failed is said too.
+    ended = r"^job AJ_\w+ ended JS_\w+; the worker: failed, job ignored cancellation$"
+    assert re.search(ended, out, re.M), out
+
+
+async def test_dev_url_exits_3_on_schedule_despite_a_job_that_ignores_cancellation(
+    tmp_path: Path, devserver: DevServer
+) -> None:
+    env = clean_env(LIVEKIT_API_KEY=devserver.api_key, LIVEKIT_API_SECRET=devserver.api_secret)
+    args = ["dev", f"{AGENT}:stubborn_worker", "--url", devserver.url]
+    out = await _dev_on_a_stubborn_job(args, env, tmp_path)
+    assert re.search(r"^job AJ_\w+ ended: failed: job ignored cancellation$", out, re.M), out
+    (job,) = devserver.jobs.values()
+    assert job.ended  # the server ended it with the room (its own reason)
+    assert devserver.workers[job.job.state.worker_id].close_code == 1000

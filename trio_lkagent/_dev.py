@@ -7,6 +7,7 @@ Task tree::
        '- nursery
           |- _on_signals             first Ctrl-C: end the session; second: stop now
           |- serve_health
+          |- exit_if_stuck           (shielded) serving ended, only stuck jobs left: exit 3
           |- worker.serve()
           '- the session             (its own cancel scope)
              '- open_room()          the simulated participant "dev-user"
@@ -25,7 +26,7 @@ import math
 import os
 import secrets
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from ._exceptions import ConfigurationError
 from ._job import JobContext
 from ._options import JobType
 from ._room import Room
-from ._service import Say, say, start_health
+from ._service import Say, exit_if_stuck, say, start_health
 from ._telemetry import WorkerObserver
 from ._tracks import open_audio_stream
 from ._worker import Worker, WorkerStatistics
@@ -290,7 +291,7 @@ async def _session(
     if room_job:
         await _unless(stop, partial(_wait_running, server, dev.room, say))
     if stop.is_set():
-        await _end_jobs(server, watcher, dev.room, say)
+        await _end_jobs(server, worker, watcher, dev.room, say)
         return
 
     async def until_all_ended() -> None:
@@ -343,7 +344,7 @@ async def _session(
         await _unless(stop, watched)
         # End the jobs while the participants are still there: deleting the room
         # terminates them, as an operator would.
-        await _end_jobs(server, watcher, dev.room, say)
+        await _end_jobs(server, worker, watcher, dev.room, say)
         holders.cancel_scope.cancel()
     if scenario is None:
         for identity in _identities(dev.participants):
@@ -370,9 +371,35 @@ class _JobWatcher(WorkerObserver):
             await event.wait()
 
 
-async def _end_jobs(server: DevServer, watcher: _JobWatcher, room: str, say: Say) -> None:
+async def until_abandoned(worker: Worker, job_ids: Callable[[], Iterable[str]]) -> None:
+    """Return once every job of *job_ids* (read at each check) is one the worker gave
+    up on because it ignored cancellation: its task never ends, so no observer hears
+    of its end; the worker reported it ``JS_FAILED`` after ``shutdown_grace``."""
+    while True:  # polled: the worker has no event for this (it is rare and ends a session)
+        ids = set(job_ids())
+        if ids and ids <= worker._abandoned:
+            return
+        await trio.sleep(0.1)
+
+
+async def first_of(*fns: Callable[[], Awaitable[object]]) -> None:
+    """Run *fns* concurrently until the first one returns."""
+    async with trio.open_nursery() as nursery:
+        for fn in fns:
+
+            async def run(fn: Callable[[], Awaitable[object]] = fn) -> None:
+                await fn()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+
+
+async def _end_jobs(
+    server: DevServer, worker: Worker, watcher: _JobWatcher, room: str, say: Say
+) -> None:
     """Terminate *room*'s running jobs (as an operator would), wait until the worker
-    is done with them and print how each ended."""
+    is done with them (or gave up on one that ignores cancellation) and print how
+    each ended."""
     jobs = [j for j in server.jobs.values() if j.room_name == room]
     for job in jobs:
         if not job.ended:
@@ -383,11 +410,19 @@ async def _end_jobs(server: DevServer, watcher: _JobWatcher, room: str, say: Say
                 pass  # ended meanwhile, or its worker is gone
     for job in jobs:
         with trio.move_on_after(TEARDOWN_TIMEOUT):
-            await watcher.wait_ended(job.id)
+            await first_of(
+                partial(watcher.wait_ended, job.id),
+                partial(until_abandoned, worker, lambda: [job.id]),  # noqa: B023 - awaited here
+            )
             await server.wait_job_status(job.id, agent_pb.JS_SUCCESS)  # any end will do
         status = agent_pb.JobStatus.Name(job.status)
         error = f" ({job.job.state.error})" if job.job.state.error else ""
-        say(f"job {job.id} ended {status}{error}")
+        # The server records a terminated job's end at once (as LiveKit does); the
+        # worker's own later report of a stuck job is said here.
+        stuck = (
+            "; the worker: failed, job ignored cancellation" if job.id in worker._abandoned else ""
+        )
+        say(f"job {job.id} ended {status}{error}{stuck}")
 
 
 async def serve_session_worker(
@@ -395,7 +430,14 @@ async def serve_session_worker(
 ) -> trio.Event:
     """The worker side of a dev session, in *nursery*: signals (the first sets
     *stop*, a second cancels *nursery*), the health server if configured, and
-    ``worker.serve`` once registered. Returns an event set when serving ended."""
+    ``worker.serve`` once registered. Returns an event set when serving ended.
+
+    Like ``start``, the process exits with code 3 once serving ended and only
+    jobs that ignored cancellation are left (:func:`exit_if_stuck`, after the
+    usual "worker drained" line): ``serve`` cannot return while their tasks run.
+    That watch is shielded, so that a second Ctrl-C (which cancels *nursery*)
+    does not stop it; it ends when ``serve`` returns.
+    """
 
     async def on_signals(*, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -414,14 +456,21 @@ async def serve_session_worker(
         url = await start_health(nursery, worker, config.health_host, config.health_port)
         say(f"health server at {url} (/ /worker /metrics)")
     served = trio.Event()
+    stuck_watch = trio.CancelScope(shield=True)
 
     async def serve(*, task_status: trio.TaskStatus[str]) -> None:
         try:
             await worker.serve(task_status=task_status)
         finally:
             served.set()
+            stuck_watch.cancel()
+
+    async def exit_when_stuck() -> None:
+        with stuck_watch:
+            await exit_if_stuck(worker, say, summary=partial(_say_drained, worker, say))
 
     worker_id = await nursery.start(serve)
+    nursery.start_soon(exit_when_stuck)
     say(
         f"worker {worker_id} registered, agent name {worker.options.agent_name!r},"
         f" job type {worker.options.job_type.name}"
@@ -433,6 +482,10 @@ async def drain_session_worker(worker: Worker, served: trio.Event, say: Say) -> 
     """Drain the session's worker, wait until it stopped serving and say what it ran."""
     worker.drain()
     await served.wait()
+    return _say_drained(worker, say)
+
+
+def _say_drained(worker: Worker, say: Say) -> WorkerStatistics:
     stats = worker.statistics()
     say(
         f"worker drained: {stats.jobs_started} job(s) run, {stats.jobs_succeeded} succeeded,"
@@ -449,6 +502,11 @@ async def run_dev(
     say: Say = say,
 ) -> int:
     """Run the ``dev`` session; returns the exit code: 0, or 1 when a job failed.
+
+    A job that ignores cancellation keeps ``serve`` from returning: once serving
+    ended and only such jobs are left, the process prints its "worker drained"
+    line and the one naming the stuck jobs, and exits with code 3 instead of
+    returning (see :func:`serve_session_worker`).
 
     Args:
         load_worker: Builds the worker from a config pointing at the dev server

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import attrs
@@ -19,7 +20,7 @@ import trio
 from livekit import api as lkapi
 
 from ._config import ServiceConfig, dev_keys_quiet
-from ._dev import drain_session_worker, serve_session_worker
+from ._dev import drain_session_worker, first_of, serve_session_worker, until_abandoned
 from ._job import JobContext
 from ._options import JobType
 from ._room import AutoSubscribe, Room, open_room
@@ -132,7 +133,8 @@ async def run_dev_remote(
 ) -> int:
     """Run the dev session against *url* with the configured API key and secret.
 
-    Returns 0, or 1 when a job failed.
+    Returns 0, or 1 when a job failed (a job that ignores cancellation: the
+    process exits with code 3, see ``serve_session_worker``).
     """
     remote = RemoteServer(url, config.api_key, config.api_secret)
     local = attrs.evolve(config, url=url, explicit=config.explicit | {"url"})
@@ -208,9 +210,16 @@ async def run_dev_remote(
             await remote.call(lambda c: c.room.delete_room(lkapi.DeleteRoomRequest(room=dev.room)))
         say(f"room {dev.room!r} deleted")
         with trio.move_on_after(TEARDOWN_TIMEOUT):
-            await jobs.wait_all_ended()
+            # A job that ignores cancellation never ends: the worker gives up on it
+            # (JS_FAILED) after shutdown_grace, and the session goes on.
+            await first_of(
+                jobs.wait_all_ended, partial(until_abandoned, worker, lambda: jobs.running)
+            )
         for job_id, how in jobs.ended.items():
             say(f"job {job_id} ended: {how}")
+        for job_id in jobs.running:
+            if job_id in worker._abandoned:
+                say(f"job {job_id} ended: failed: job ignored cancellation")
         stats = await drain_session_worker(worker, served, say)
         nursery.cancel_scope.cancel()
     return 1 if stats.jobs_failed else 0

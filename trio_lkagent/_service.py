@@ -7,7 +7,7 @@ Task tree of ``trio-lkagent start`` (one process)::
        |- _on_signals            SIGTERM/SIGINT: drain, then cancel
        |- _watch_supervisor      (supervised children) stdin EOF: drain
        |- serve_health           /, /worker, /metrics
-       |- _exit_if_stuck         serving ended but a job ignores cancellation: exit 3
+       |- exit_if_stuck          serving ended but a job ignores cancellation: exit 3
        '- worker.serve()         in the stop-now cancel scope
 
 and of ``--processes N``::
@@ -35,7 +35,13 @@ from ._health import serve_health
 from ._options import ReconnectPolicy
 from ._worker import Worker
 
-__all__ = ["EXIT_STUCK_JOBS", "SUPERVISED_ENV", "run_worker", "supervise"]
+__all__ = [
+    "EXIT_STUCK_JOBS",
+    "SUPERVISED_ENV",
+    "exit_if_stuck",
+    "run_worker",
+    "supervise",
+]
 
 logger = logging.getLogger("trio_lkagent.service")
 
@@ -45,7 +51,7 @@ SUPERVISED_ENV = "TRIO_LKAGENT_PROCESS_INDEX"
 #: count reset after a process stayed up for 30 s.
 RESTART_POLICY = ReconnectPolicy(initial_delay=0.5, max_delay=30.0, stable_after=30.0)
 #: Exit code of a worker process that stopped serving while jobs that ignored
-#: cancellation still ran (their tasks cannot be stopped; see ``_exit_if_stuck``).
+#: cancellation still ran (their tasks cannot be stopped; see ``exit_if_stuck``).
 EXIT_STUCK_JOBS = 3
 #: How long the process waits, once only stuck jobs are left, before it exits:
 #: a task that is ending after all gets this long to let ``serve`` return.
@@ -115,7 +121,9 @@ async def _watch_supervisor(stopper: _Stopper) -> None:
     stopper.request("supervisor gone")
 
 
-async def _exit_if_stuck(worker: Worker, say: Say) -> None:
+async def exit_if_stuck(
+    worker: Worker, say: Say, *, summary: Callable[[], object] | None = None
+) -> None:
     """End the process when serving is over but jobs that ignored cancellation still run.
 
     A job that catches ``trio.Cancelled`` and keeps running cannot be stopped
@@ -128,6 +136,9 @@ async def _exit_if_stuck(worker: Worker, say: Say) -> None:
     says which jobs, flushes its output and leaves with :data:`EXIT_STUCK_JOBS`
     through :func:`os._exit`: the only way out, since a normal exit would wait
     for the stuck tasks (and for the native threads they hold) forever.
+
+    *summary*, if given, is called just before that line (``dev`` prints its
+    usual "worker drained" line there). Used by ``start`` and ``dev`` alike.
 
     Cancelled, as usual, when ``serve`` returns: it never fires without stuck jobs.
     """
@@ -149,6 +160,8 @@ async def _exit_if_stuck(worker: Worker, say: Say) -> None:
         f" they were reported failed and the connection is closed; exiting with code"
         f" {EXIT_STUCK_JOBS}"
     )
+    if summary is not None:
+        summary()
     logger.critical("%s", message)
     say(f"worker stopped: {message}")
     logging.shutdown()  # flushes every handler: os._exit runs no atexit hook
@@ -191,7 +204,7 @@ async def run_worker(worker: Worker, config: ServiceConfig, *, say: Say = say) -
     A job that ignores cancellation cannot be stopped: once serving is over
     (drained or cancelled, statuses sent, socket closed) and only such jobs
     are left, the process says which and exits with :data:`EXIT_STUCK_JOBS`
-    (3) instead of returning (``_exit_if_stuck``).
+    (3) instead of returning (``exit_if_stuck``).
 
     Raises:
         AuthenticationError: the server refused the credentials.
@@ -208,7 +221,7 @@ async def run_worker(worker: Worker, config: ServiceConfig, *, say: Say = say) -
             url = await start_health(nursery, worker, config.health_host, config.health_port)
             say(f"health server at {url} (/ /worker /metrics)")
         # It first runs once serve() has started (and reset a stopped worker's state).
-        nursery.start_soon(_exit_if_stuck, worker, say)
+        nursery.start_soon(exit_if_stuck, worker, say)
         with stop_now:
             await worker.serve(task_status=_Announce(worker, say))
         nursery.cancel_scope.cancel()
