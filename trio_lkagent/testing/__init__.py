@@ -14,7 +14,8 @@ with three fixtures; tests need pytest-trio (``trio_mode = true``):
 
 Helpers: :func:`dispatch_job`, :func:`wait_for_agent`,
 :func:`wait_for_job_status`, :func:`job_status_history`, :func:`received_data`,
-:func:`sign_token`, :func:`run_worker`, :func:`make_worker`.
+:func:`sign_token`, :func:`run_worker`, :func:`make_worker`; :func:`speak_wav`
+(a participant plays a WAV file as its microphone) and :func:`read_wav`.
 
 For unit tests of an entrypoint's logic without WebRTC: :class:`FakeJobContext`
 (a real ``JobContext`` subclass) and :class:`FakeRoom` (a ``Room`` subclass that
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from ._kit import wait_for_agent as wait_for_agent
     from ._kit import wait_for_job_status as wait_for_job_status
     from ._scenario import DevScenario as DevScenario
+    from ._wav import read_wav as read_wav
+    from ._wav import speak_wav as speak_wav
 
 __all__ = [
     "DEV_API_KEY",
@@ -60,10 +63,12 @@ __all__ = [
     "dispatch_job",
     "job_status_history",
     "make_worker",
+    "read_wav",
     "received_data",
     "run_entrypoint",
     "run_worker",
     "sign_token",
+    "speak_wav",
     "wait_for_agent",
     "wait_for_job_status",
 ]
@@ -91,6 +96,8 @@ _LAZY = {
     "wait_for_agent": "._kit",
     "wait_for_job_status": "._kit",
     "DevScenario": "._scenario",
+    "read_wav": "._wav",
+    "speak_wav": "._wav",
 }
 
 
